@@ -1,0 +1,258 @@
+//! Rust client for the Hyprstream Flight server.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hyprstream_client::ClientError> {
+//! use hyprstream_client::HyprstreamClient;
+//! let mut client = HyprstreamClient::connect("grpc://127.0.0.1:50051").await?;
+//! let hits = client.search("sherlock_data", vec![0.1; 384], 5).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The wire shapes (tickets, commands, action bodies and results) come from
+//! `hyprstream-proto`; this crate shares no code with the server.
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, ActionType, FlightClient, FlightDescriptor, FlightInfo, Ticket};
+use futures::{Stream, TryStreamExt};
+use hyprstream_proto::actions::{names, CreateTable, Delete, NoArgs, Restore, TableRef};
+use hyprstream_proto::{
+    DeleteSummary, DropSummary, Health, Metric, PutCommand, PutMode, PutSummary, Query, RestoreSummary,
+    SearchHit, TableDescription, TableSummary, VersionInfo,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use hyprstream_proto as proto;
+
+/// Largest gRPC message sent or accepted (matches the server's limit).
+pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+/// Batches are split into FlightData messages of at most this size.
+const MAX_FLIGHT_DATA_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a gRPC error status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(Box<tonic::Status>),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("flight: {0}")]
+    Flight(String),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC status code, when the server refused the call.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+impl From<FlightError> for ClientError {
+    fn from(e: FlightError) -> Self {
+        match e {
+            FlightError::Tonic(status) => ClientError::Status(status),
+            FlightError::Arrow(e) => ClientError::Arrow(e),
+            other => ClientError::Flight(other.to_string()),
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Status(Box::new(s))
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Result rows with the schema the server declared (present even when there are no rows).
+#[derive(Debug, Clone)]
+pub struct Rows {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Rows {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// All rows in one batch.
+    pub fn concat(&self) -> Result<RecordBatch> {
+        Ok(arrow::compute::concat_batches(&self.schema, &self.batches)?)
+    }
+}
+
+#[derive(Debug)]
+pub struct HyprstreamClient {
+    flight: FlightClient,
+}
+
+/// `grpc://host:port` (Flight's scheme) → `http://host:port` (tonic's).
+fn endpoint_uri(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("grpc://").or_else(|| url.strip_prefix("grpc+tcp://")) {
+        format!("http://{rest}")
+    } else if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+impl HyprstreamClient {
+    /// Connects to `grpc://host:port` (or `http://…`, or `host:port`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint_uri(url))
+            .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
+        let inner = FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(HyprstreamClient { flight: FlightClient::new_from_inner(inner) })
+    }
+
+    /// The underlying arrow-flight client, for calls this crate does not wrap.
+    pub fn flight(&mut self) -> &mut FlightClient {
+        &mut self.flight
+    }
+
+    pub async fn handshake(&mut self, payload: impl Into<bytes::Bytes>) -> Result<bytes::Bytes> {
+        Ok(self.flight.handshake(payload).await?)
+    }
+
+    /// Upserts rows into `table` (created if absent) as one commit.
+    pub async fn put(&mut self, table: &str, batches: Vec<RecordBatch>) -> Result<PutSummary> {
+        self.put_with_mode(table, PutMode::Upsert, batches).await
+    }
+
+    pub async fn put_with_mode(&mut self, table: &str, mode: PutMode, batches: Vec<RecordBatch>) -> Result<PutSummary> {
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| ClientError::Protocol("put needs at least one batch (its schema)".into()))?;
+        self.put_stream(table, mode, schema, futures::stream::iter(batches.into_iter().map(Ok))).await
+    }
+
+    /// Streams batches to `table`; the server commits them all at once when the stream ends.
+    pub async fn put_stream<S>(&mut self, table: &str, mode: PutMode, schema: SchemaRef, batches: S) -> Result<PutSummary>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send + 'static,
+    {
+        let command = PutCommand { table: table.to_string(), mode };
+        let descriptor = FlightDescriptor::new_cmd(serde_json::to_vec(&command).expect("serialisable"));
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
+            .with_flight_descriptor(Some(descriptor))
+            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
+        let mut results = self.flight.do_put(data).await?;
+        let result = results
+            .try_next()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("DoPut returned no PutResult".into()))?;
+        serde_json::from_slice(&result.app_metadata)
+            .map_err(|e| ClientError::Protocol(format!("PutResult metadata is not a put summary: {e}")))
+    }
+
+    /// Runs a scan or search ticket.
+    pub async fn query(&mut self, query: &Query) -> Result<Rows> {
+        let mut stream = self.flight.do_get(Ticket::new(query.to_json())).await?;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.try_next().await? {
+            batches.push(batch);
+        }
+        let schema = stream
+            .schema()
+            .cloned()
+            .ok_or_else(|| ClientError::Protocol("DoGet stream carried no schema".into()))?;
+        Ok(Rows { schema, batches })
+    }
+
+    pub async fn scan(&mut self, table: &str) -> Result<Rows> {
+        self.query(&Query::scan(table)).await
+    }
+
+    /// The k rows nearest `vector`, best first, with a `_distance` column.
+    pub async fn search(&mut self, table: &str, vector: Vec<f32>, k: usize) -> Result<Rows> {
+        self.query(&Query::search(table, vector, k)).await
+    }
+
+    /// Runs an action with a JSON body; returns each result body.
+    pub async fn action_raw(&mut self, name: &str, body: impl Into<bytes::Bytes>) -> Result<Vec<bytes::Bytes>> {
+        let stream = self.flight.do_action(Action::new(name, body)).await?;
+        Ok(stream.try_collect().await?)
+    }
+
+    /// Runs an action whose single result is a JSON document of type `T`.
+    pub async fn action<B: Serialize, T: DeserializeOwned>(&mut self, name: &str, body: &B) -> Result<T> {
+        let body = serde_json::to_vec(body).expect("serialisable");
+        let results = self.action_raw(name, body).await?;
+        let first = results
+            .first()
+            .ok_or_else(|| ClientError::Protocol(format!("action '{name}' returned no result")))?;
+        serde_json::from_slice(first).map_err(|e| ClientError::Protocol(format!("action '{name}' result: {e}")))
+    }
+
+    pub async fn create_table(&mut self, name: &str, dim: usize, metric: Metric) -> Result<TableDescription> {
+        self.action(names::CREATE_TABLE, &CreateTable { name: name.into(), dim, metric }).await
+    }
+
+    pub async fn drop_table(&mut self, name: &str) -> Result<DropSummary> {
+        self.action(names::DROP_TABLE, &TableRef { name: name.into() }).await
+    }
+
+    pub async fn list_tables(&mut self) -> Result<Vec<TableSummary>> {
+        self.action(names::LIST_TABLES, &NoArgs {}).await
+    }
+
+    pub async fn describe_table(&mut self, name: &str) -> Result<TableDescription> {
+        self.action(names::DESCRIBE_TABLE, &TableRef { name: name.into() }).await
+    }
+
+    pub async fn delete(&mut self, table: &str, filter: &str) -> Result<DeleteSummary> {
+        self.action(names::DELETE, &Delete { table: table.into(), filter: filter.into() }).await
+    }
+
+    pub async fn versions(&mut self, table: &str) -> Result<Vec<VersionInfo>> {
+        self.action(names::VERSIONS, &TableRef { name: table.into() }).await
+    }
+
+    pub async fn restore(&mut self, table: &str, version: u64) -> Result<RestoreSummary> {
+        self.action(names::RESTORE, &Restore { table: table.into(), version }).await
+    }
+
+    pub async fn health(&mut self) -> Result<Health> {
+        self.action(names::HEALTH, &NoArgs {}).await
+    }
+
+    /// The `search` action: hits as JSON structs (what grpcurl users get).
+    pub async fn search_hits(&mut self, query: &Query) -> Result<Vec<SearchHit>> {
+        self.action(names::SEARCH, query).await
+    }
+
+    pub async fn list_actions(&mut self) -> Result<Vec<ActionType>> {
+        Ok(self.flight.list_actions().await?.try_collect().await?)
+    }
+
+    pub async fn list_flights(&mut self) -> Result<Vec<FlightInfo>> {
+        Ok(self.flight.list_flights(bytes::Bytes::new()).await?.try_collect().await?)
+    }
+
+    pub async fn flight_info(&mut self, descriptor: FlightDescriptor) -> Result<FlightInfo> {
+        Ok(self.flight.get_flight_info(descriptor).await?)
+    }
+
+    pub async fn schema(&mut self, descriptor: FlightDescriptor) -> Result<Schema> {
+        Ok(self.flight.get_schema(descriptor).await?)
+    }
+}

@@ -1,0 +1,292 @@
+//! `hyprstream`: command-line client for the Hyprstream Flight server.
+use std::fs::File;
+use std::io::{BufRead, BufReader, Cursor, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use arrow::array::{RecordBatch, RecordBatchReader};
+use arrow::datatypes::SchemaRef;
+use clap::{Parser, Subcommand};
+use hyprstream_client::proto::{Metric, PutMode, Query};
+use hyprstream_client::{HyprstreamClient, Rows};
+
+#[derive(Parser, Debug)]
+#[command(name = "hyprstream", version, about = "Client for the Hyprstream Flight server")]
+struct Cli {
+    /// Server address.
+    #[arg(long, global = true, env = "HYPRSTREAM_URL", default_value = "grpc://127.0.0.1:50051")]
+    url: String,
+    /// Print rows as JSON lines (and action results as compact JSON).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Write result rows to this Parquet file instead of printing them.
+    #[arg(long, global = true, value_name = "FILE")]
+    parquet: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List tables.
+    Tables,
+    /// Show a table's schema, rows, dim, metric and versions.
+    Describe { table: String },
+    /// Create an empty multimodal table.
+    Create {
+        table: String,
+        #[arg(long)]
+        dim: usize,
+        #[arg(long, default_value = "cosine")]
+        metric: String,
+    },
+    /// Drop a table and all its versions.
+    Drop { table: String },
+    /// Write rows from a Parquet, CSV or JSON-lines file (one commit).
+    Put {
+        table: String,
+        file: PathBuf,
+        /// upsert (default), append or overwrite.
+        #[arg(long, default_value = "upsert")]
+        mode: String,
+    },
+    /// Read rows.
+    Scan {
+        table: String,
+        #[arg(long)]
+        filter: Option<String>,
+        /// Comma-separated column names.
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// k-nearest-neighbour search.
+    Search {
+        table: String,
+        /// Comma-separated floats.
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true, conflicts_with = "vector_file")]
+        vector: Option<Vec<f32>>,
+        /// A file holding the vector as a JSON array or whitespace/comma-separated floats.
+        #[arg(long)]
+        vector_file: Option<PathBuf>,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        #[arg(long)]
+        metric: Option<String>,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Delete the rows matching a filter.
+    Delete {
+        table: String,
+        #[arg(long)]
+        filter: String,
+    },
+    /// List a table's versions.
+    Versions { table: String },
+    /// Make an earlier version the latest.
+    Restore { table: String, version: u64 },
+    /// Server health.
+    Health,
+    /// List the server's actions.
+    Actions,
+    /// Run any action with a JSON body.
+    Action {
+        name: String,
+        #[arg(default_value = "{}")]
+        body: String,
+    },
+}
+
+fn parse_metric(s: &str) -> Result<Metric> {
+    Metric::parse(s).with_context(|| format!("unknown metric '{s}': use cosine, dot or l2"))
+}
+
+fn parse_mode(s: &str) -> Result<PutMode> {
+    Ok(match s {
+        "upsert" => PutMode::Upsert,
+        "append" => PutMode::Append,
+        "overwrite" => PutMode::Overwrite,
+        other => bail!("unknown mode '{other}': use upsert, append or overwrite"),
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut client = HyprstreamClient::connect(&cli.url).await?;
+    let out = Output { json: cli.json, parquet: cli.parquet.clone() };
+    match cli.command {
+        Command::Tables => {
+            let tables = client.list_tables().await?;
+            if out.json {
+                return out.value(&tables);
+            }
+            println!("{:<32} {:>12} {:>8}", "table", "rows", "version");
+            for t in tables {
+                println!("{:<32} {:>12} {:>8}", t.name, t.rows, t.version);
+            }
+        }
+        Command::Describe { table } => out.value(&client.describe_table(&table).await?)?,
+        Command::Create { table, dim, metric } => {
+            out.value(&client.create_table(&table, dim, parse_metric(&metric)?).await?)?
+        }
+        Command::Drop { table } => out.value(&client.drop_table(&table).await?)?,
+        Command::Put { table, file, mode } => {
+            let (schema, batches) = read_file(&file)?;
+            let sent = Arc::new(AtomicUsize::new(0));
+            let counter = sent.clone();
+            let stream = futures::stream::iter(batches.map(move |b| {
+                let b = b?;
+                let total = counter.fetch_add(b.num_rows(), Ordering::Relaxed) + b.num_rows();
+                eprint!("\rsent {total} rows");
+                Ok(b)
+            }));
+            let summary = client.put_stream(&table, parse_mode(&mode)?, schema, stream).await;
+            eprintln!();
+            let summary = summary?;
+            out.value(&summary)?;
+        }
+        Command::Scan { table, filter, columns, limit, version } => {
+            let q = Query { table, filter, columns, limit, version, ..Default::default() };
+            out.rows(client.query(&q).await?)?
+        }
+        Command::Search { table, vector, vector_file, k, filter, columns, metric, version } => {
+            let vector = match (vector, vector_file) {
+                (Some(v), _) => v,
+                (None, Some(path)) => read_vector(&path)?,
+                (None, None) => bail!("give the query as --vector 0.1,0.2,… or --vector-file FILE"),
+            };
+            let metric = metric.as_deref().map(parse_metric).transpose()?;
+            let q = Query { table, filter, columns, version, vector: Some(vector), k: Some(k), metric, ..Default::default() };
+            out.rows(client.query(&q).await?)?
+        }
+        Command::Delete { table, filter } => out.value(&client.delete(&table, &filter).await?)?,
+        Command::Versions { table } => out.value(&client.versions(&table).await?)?,
+        Command::Restore { table, version } => out.value(&client.restore(&table, version).await?)?,
+        Command::Health => out.value(&client.health().await?)?,
+        Command::Actions => {
+            for a in client.list_actions().await? {
+                println!("{:<16} {}", a.r#type, a.description);
+            }
+        }
+        Command::Action { name, body } => {
+            for result in client.action_raw(&name, body.into_bytes()).await? {
+                match serde_json::from_slice::<serde_json::Value>(&result) {
+                    Ok(v) => out.value(&v)?,
+                    Err(_) => println!("{}", String::from_utf8_lossy(&result)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Output {
+    json: bool,
+    parquet: Option<PathBuf>,
+}
+
+impl Output {
+    fn value<T: serde::Serialize>(&self, v: &T) -> Result<()> {
+        let text = if self.json { serde_json::to_string(v)? } else { serde_json::to_string_pretty(v)? };
+        println!("{text}");
+        Ok(())
+    }
+
+    fn rows(&self, rows: Rows) -> Result<()> {
+        if let Some(path) = &self.parquet {
+            let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let mut writer = parquet::arrow::ArrowWriter::try_new(file, rows.schema.clone(), None)?;
+            for b in &rows.batches {
+                writer.write(b)?;
+            }
+            writer.close()?;
+            eprintln!("wrote {} rows to {}", rows.num_rows(), path.display());
+        } else if self.json {
+            let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout());
+            for b in &rows.batches {
+                writer.write(b)?;
+            }
+            writer.finish()?;
+        } else {
+            println!("{}", arrow::util::pretty::pretty_format_batches(&rows.batches)?);
+            eprintln!("{} rows", rows.num_rows());
+        }
+        Ok(())
+    }
+}
+
+type Batches = Box<dyn Iterator<Item = hyprstream_client::Result<RecordBatch>> + Send>;
+
+/// Opens a Parquet (.parquet), CSV (.csv) or JSON-lines (.json, .jsonl, .ndjson) file.
+fn read_file(path: &Path) -> Result<(SchemaRef, Batches)> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let map = |r: std::result::Result<RecordBatch, arrow::error::ArrowError>| r.map_err(Into::into);
+    match ext.as_str() {
+        "parquet" => {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+            Ok((reader.schema(), Box::new(reader.map(map))))
+        }
+        "csv" => {
+            let mut file = file;
+            let (schema, _) = arrow::csv::reader::Format::default().with_header(true).infer_schema(&mut file, Some(1000))?;
+            file.seek(SeekFrom::Start(0))?;
+            let schema = Arc::new(schema);
+            let reader = arrow::csv::ReaderBuilder::new(schema.clone()).with_header(true).build(file)?;
+            Ok((schema, Box::new(reader.map(map))))
+        }
+        "json" | "jsonl" | "ndjson" => {
+            // A JSON object in `metadata` is sent as JSON text (the column's stored form),
+            // rather than as the struct Arrow's reader would infer.
+            let mut lines = Vec::new();
+            for line in BufReader::new(file).lines() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let mut value: serde_json::Value = serde_json::from_str(&line).context("not a JSON-lines file")?;
+                if let Some(m) = value.get_mut("metadata") {
+                    if !m.is_string() && !m.is_null() {
+                        *m = serde_json::Value::String(m.to_string());
+                    }
+                }
+                lines.push(value.to_string());
+            }
+            let data = lines.join("\n");
+            let (schema, _) = arrow::json::reader::infer_json_schema_from_seekable(Cursor::new(data.as_bytes()), Some(1000))?;
+            let schema = Arc::new(schema);
+            let reader = arrow::json::ReaderBuilder::new(schema.clone()).build(Cursor::new(data.into_bytes()))?;
+            Ok((schema, Box::new(reader.map(map))))
+        }
+        other => bail!("cannot read '.{other}' files: use .parquet, .csv or .jsonl"),
+    }
+}
+
+fn read_vector(path: &Path) -> Result<Vec<f32>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Ok(v) = serde_json::from_str::<Vec<f32>>(&text) {
+        return Ok(v);
+    }
+    text.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<f32>().with_context(|| format!("'{s}' is not a number")))
+        .collect()
+}

@@ -1,0 +1,144 @@
+"""The server through nothing but pyarrow.flight, as a Python user drives it."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIM = 16
+
+
+def make_table(n, dim=DIM, prefix="r", seed=None):
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    return vecs, pa.table(
+        {
+            "id": [f"{prefix}-{i}" for i in range(n)],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), dim),
+            "data_type": ["text"] * n,
+            "raw_data": [f"passage {i}".encode() for i in range(n)],
+            "metadata": pa.array([json.dumps({"chapter": i % 4, "story": "A Study in Scarlet"}) for i in range(n)], pa.json_()),
+        }
+    )
+
+
+def put(client, name, table):
+    w, r = client.do_put(flight.FlightDescriptor.for_path(name), table.schema)
+    w.write_table(table)
+    w.done_writing()
+    result = json.loads(r.read().to_pybytes())
+    w.close()
+    return result
+
+
+def get(client, ticket):
+    return client.do_get(flight.Ticket(json.dumps(ticket))).read_all()
+
+
+def action(client, name, body):
+    return [json.loads(r.body.to_pybytes()) for r in client.do_action(flight.Action(name, json.dumps(body).encode()))]
+
+
+def cosine_topk(vecs, ids, q, k, mask=None):
+    d = 1.0 - (vecs.astype(np.float64) @ q) / (np.linalg.norm(vecs.astype(np.float64), axis=1) * np.linalg.norm(q))
+    order = [i for i in np.argsort(d, kind="stable") if mask is None or mask[i]]
+    return [ids[i] for i in order[:k]], [d[i] for i in order[:k]]
+
+
+def test_put_scan_search_round_trip(server):
+    c = flight.connect(server.url)
+    vecs, table = make_table(300, seed=1)
+    summary = put(c, "sherlock_data", table)
+    assert summary == {"table": "sherlock_data", "inserted": 300, "updated": 0, "version": summary["version"]}
+
+    scanned = get(c, {"table": "sherlock_data"})
+    assert scanned.num_rows == 300
+    assert scanned.schema.field("metadata").type == pa.json_()
+    assert scanned.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
+
+    q = np.random.default_rng(2).standard_normal(DIM).astype(np.float32)
+    rows = get(c, {"table": "sherlock_data", "vector": q.tolist(), "k": 5})
+    want_ids, want_d = cosine_topk(vecs, table["id"].to_pylist(), q.astype(np.float64), 5)
+    assert rows["id"].to_pylist() == want_ids
+    np.testing.assert_allclose(rows["_distance"].to_numpy(), want_d, rtol=1e-4, atol=1e-5)
+    assert rows.schema.metadata[b"hyprstream.search_path"] == b"exact_cpu"
+
+    # Filter on a metadata key, applied before ranking.
+    rows = get(c, {"table": "sherlock_data", "vector": q.tolist(), "k": 5, "filter": "json_get_int(metadata, 'chapter') = 2"})
+    mask = [i % 4 == 2 for i in range(300)]
+    want_ids, _ = cosine_topk(vecs, table["id"].to_pylist(), q.astype(np.float64), 5, mask)
+    assert rows["id"].to_pylist() == want_ids
+
+
+def test_python_lists_and_pandas_style_input_are_accepted(server):
+    c = flight.connect(server.url)
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "embedding": [[1.0, 0.0], [0.0, 1.0]],  # list<double>, as pyarrow infers
+            "data_type": ["text", "image"],
+            "raw_data": [b"hello", b"\x89PNG"],
+            "metadata": ['{"chapter": 1}', '{"chapter": 2}'],  # utf8 holding JSON
+        }
+    )
+    assert put(c, "plain", table)["inserted"] == 2
+    rows = get(c, {"table": "plain", "vector": [0.1, 0.9], "k": 1})
+    assert rows["id"].to_pylist() == ["b"]
+    assert rows["raw_data"].to_pylist() == [b"\x89PNG"]
+
+
+def test_errors_map_to_pyarrow_exceptions(server):
+    c = flight.connect(server.url)
+    _, table = make_table(5)
+    put(c, "t", table)
+    with pytest.raises(flight.FlightError) as e:
+        get(c, {"table": "missing"})
+    assert "does not exist" in str(e.value)
+    with pytest.raises(pa.ArrowInvalid, match="dim 16"):
+        get(c, {"table": "t", "vector": [1.0, 2.0]})
+    with pytest.raises(pa.ArrowInvalid, match="unknown field"):
+        get(c, {"table": "t", "vectors": [1.0]})
+    bad = table.set_column(2, "data_type", pa.array(["text", "text", "audio", "text", "text"]))
+    with pytest.raises(pa.ArrowInvalid, match="'text' or 'image'"):
+        put(c, "t", bad)
+    assert get(c, {"table": "t"}).num_rows == 5
+
+
+def test_actions_and_listing(server):
+    c = flight.connect(server.url)
+    types = {a.type for a in c.list_actions()}
+    assert {"create_table", "search", "delete", "versions", "restore", "health"} <= types
+    action(c, "create_table", {"name": "made", "dim": 3, "metric": "l2"})
+    desc = action(c, "describe_table", {"name": "made"})[0]
+    assert desc["dim"] == 3 and desc["metric"] == "l2" and desc["rows"] == 0
+    vecs, table = make_table(20)
+    put(c, "t", table)
+    hits = action(c, "search", {"table": "t", "vector": vecs[7].tolist(), "k": 3})[0]
+    assert hits[0]["id"] == "r-7" and hits[0]["metadata"]["chapter"] == 3
+    deleted = action(c, "delete", {"table": "t", "filter": "id = 'r-7'"})[0]
+    assert deleted["deleted"] == 1
+    versions = action(c, "versions", {"table": "t"})[0]
+    action(c, "restore", {"table": "t", "version": versions[0]["version"]})
+    assert get(c, {"table": "t"}).num_rows == 20
+    infos = {tuple(f.descriptor.path): f.total_records for f in c.list_flights()}
+    assert infos == {(b"made",): 0, (b"t",): 20}
+    info = c.get_flight_info(flight.FlightDescriptor.for_path("t"))
+    assert info.schema.field("id").type == pa.string()
+    assert c.do_get(info.endpoints[0].ticket).read_all().num_rows == 20
+
+
+def test_quickstart_example_runs(server):
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "python", "quickstart.py")],
+        env={**os.environ, "HYPRSTREAM_URL": server.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "nearest" in out.stdout

@@ -1,0 +1,143 @@
+//! Bad input: a precise status, a message that says what to fix, and stored data unchanged.
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use hyprstream_client::proto::{Metric, Query};
+use hyprstream_client::HyprstreamClient;
+use tonic::Code;
+
+use crate::common::*;
+
+const DIM: usize = 4;
+
+/// DoGet with a hand-written ticket.
+async fn raw_ticket(c: &mut HyprstreamClient, ticket: &'static str) -> Result<(), hyprstream_client::ClientError> {
+    use futures::TryStreamExt;
+    let mut stream = c.flight().do_get(arrow_flight::Ticket::new(ticket)).await?;
+    stream.try_next().await?;
+    Ok(())
+}
+
+/// A table with known content, and a check that it still has exactly that content.
+async fn fixture(client: &mut HyprstreamClient) -> (u64, u64) {
+    client.put("t", vec![batch(&random_rows("ok", 10, DIM), DIM)]).await.unwrap();
+    let d = client.describe_table("t").await.unwrap();
+    (d.rows, d.version)
+}
+
+async fn unchanged(client: &mut HyprstreamClient, before: (u64, u64)) {
+    let d = client.describe_table("t").await.unwrap();
+    assert_eq!((d.rows, d.version), before, "a refused request must not change the table");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_queries_are_invalid_argument_or_not_found() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let before = fixture(&mut client).await;
+
+    assert_status(client.scan("missing").await, Code::NotFound, "table 'missing' does not exist");
+    assert_status(raw_ticket(&mut client, "{not json").await, Code::InvalidArgument, "ticket");
+    assert_status(raw_ticket(&mut client, r#"{"table": "t", "vectr": [1]}"#).await, Code::InvalidArgument, "unknown field `vectr`");
+    assert_status(client.search("t", vec![1.0; DIM + 1], 3).await, Code::InvalidArgument, "dim 4");
+    // 1e39 overflows f32: a non-finite value.
+    assert_status(raw_ticket(&mut client, r#"{"table": "t", "vector": [1e39, 0, 0, 0]}"#).await, Code::InvalidArgument, "finite");
+    assert_status(
+        client.query(&Query { filter: Some("id ==== 3".into()), ..Query::scan("t") }).await,
+        Code::InvalidArgument,
+        "filter",
+    );
+    assert_status(
+        client.query(&Query { filter: Some("no_such_column = 1".into()), ..Query::search("t", vec![1.0; DIM], 3) }).await,
+        Code::InvalidArgument,
+        "filter",
+    );
+    assert_status(client.scan("bad-name").await, Code::InvalidArgument, "invalid table name");
+    assert_status(client.scan("../etc").await, Code::InvalidArgument, "invalid table name");
+    assert_status(client.search("t", vec![1.0; DIM], 0).await, Code::InvalidArgument, "k must be");
+    assert_status(
+        client.query(&Query { columns: Some(vec!["nope".into()]), ..Query::scan("t") }).await,
+        Code::InvalidArgument,
+        "unknown column 'nope'",
+    );
+    unchanged(&mut client, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_puts_change_nothing() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let before = fixture(&mut client).await;
+
+    // Null id.
+    let mut b = batch(&random_rows("x", 3, DIM), DIM);
+    let ids: ArrayRef = Arc::new(StringArray::from(vec![Some("x-0"), None, Some("x-2")]));
+    let schema = Arc::new(Schema::new(b.schema().fields().iter().map(|f| if f.name() == "id" { Arc::new(Field::new("id", DataType::Utf8, true)) } else { f.clone() }).collect::<Vec<_>>()));
+    let mut cols = b.columns().to_vec();
+    cols[0] = ids;
+    b = RecordBatch::try_new(schema, cols).unwrap();
+    assert_status(client.put("t", vec![b]).await, Code::InvalidArgument, "row 1 is null");
+
+    // Duplicate id within one put, across two batches.
+    let rows = random_rows("dup", 3, DIM);
+    assert_status(client.put("t", vec![batch(&rows, DIM), batch(&rows[..1], DIM)]).await, Code::InvalidArgument, "'dup-0' appears more than once");
+
+    // Bad data_type.
+    let mut rows = random_rows("dt", 3, DIM);
+    rows[1].data_type = "video";
+    assert_status(client.put("t", vec![batch(&rows, DIM)]).await, Code::InvalidArgument, "must be 'text' or 'image'");
+
+    // Invalid metadata JSON.
+    let mut rows = random_rows("js", 3, DIM);
+    rows[2].metadata = Some("{chapter: 3".into());
+    assert_status(client.put("t", vec![batch(&rows, DIM)]).await, Code::InvalidArgument, "not valid JSON");
+
+    // Wrong vector length for the table.
+    assert_status(client.put("t", vec![batch(&random_rows("w", 2, DIM + 2), DIM + 2)]).await, Code::InvalidArgument, "dim is 4");
+
+    // Non-finite vector values.
+    let mut rows = random_rows("nan", 2, DIM);
+    rows[0].embedding = Some(vec![f32::NAN, 0.0, 0.0, 0.0]);
+    assert_status(client.put("t", vec![batch(&rows, DIM)]).await, Code::InvalidArgument, "non-finite");
+
+    // Schema mismatch: a column the table does not have, and a wrong type.
+    let extra = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("pages", DataType::Int64, true)]));
+    let b = RecordBatch::try_new(extra, vec![Arc::new(StringArray::from(vec!["e"])) as ArrayRef, Arc::new(Int64Array::from(vec![3]))]).unwrap();
+    assert_status(client.put("t", vec![b]).await, Code::InvalidArgument, "column 'pages' is not in the table");
+    let wrong = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("data_type", DataType::Int64, true)]));
+    let b = RecordBatch::try_new(wrong, vec![Arc::new(StringArray::from(vec!["e"])) as ArrayRef, Arc::new(Int64Array::from(vec![3]))]).unwrap();
+    assert_status(client.put("t", vec![b]).await, Code::InvalidArgument, "data_type");
+
+    // No id column at all.
+    let noid = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false)]));
+    let b = RecordBatch::try_new(noid, vec![Arc::new(StringArray::from(vec!["e"])) as ArrayRef]).unwrap();
+    assert_status(client.put("t", vec![b]).await, Code::InvalidArgument, "no 'id' column");
+
+    // Invalid table name on put.
+    assert_status(client.put("1abc", vec![batch(&random_rows("n", 1, DIM), DIM)]).await, Code::InvalidArgument, "invalid table name");
+
+    unchanged(&mut client, before).await;
+    // ... and the server still serves.
+    assert_eq!(client.scan("t").await.unwrap().num_rows(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_actions_are_refused_precisely() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let before = fixture(&mut client).await;
+
+    assert_status(client.create_table("t", DIM, Metric::Cosine).await, Code::AlreadyExists, "already exists");
+    assert_status(client.create_table("z", 0, Metric::Cosine).await, Code::InvalidArgument, "dim must be");
+    assert_status(client.action_raw("create_table", r#"{"name": "z", "dim": 3, "metric": "hamming"}"#).await, Code::InvalidArgument, "unknown variant `hamming`");
+    assert_status(client.action_raw("no_such_action", "{}").await, Code::InvalidArgument, "unknown action 'no_such_action'");
+    assert_status(client.action_raw("delete", r#"{"table": "t"}"#).await, Code::InvalidArgument, "missing field `filter`");
+    assert_status(client.delete("t", "id >>> 2").await, Code::InvalidArgument, "filter");
+    assert_status(client.delete("t", "  ").await, Code::InvalidArgument, "non-empty filter");
+    assert_status(client.delete("missing", "true").await, Code::NotFound, "missing");
+    assert_status(client.drop_table("missing").await, Code::NotFound, "missing");
+    assert_status(client.action_raw("describe_table", "[1, 2]").await, Code::InvalidArgument, "describe_table");
+    assert_status(client.action_raw("search", r#"{"table": "t"}"#).await, Code::InvalidArgument, "vector");
+    unchanged(&mut client, before).await;
+}

@@ -1,0 +1,162 @@
+//! Writes over time: upsert, append, overwrite, delete, versions, restore, restart, concurrency.
+use hyprstream_client::proto::{PutMode, Query};
+
+use crate::common::*;
+
+const DIM: usize = 8;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upsert_replaces_existing_ids_and_inserts_new_ones() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("u", 10, DIM);
+    let first = client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+
+    let mut changed = rows[..4].to_vec();
+    for r in &mut changed {
+        r.raw = b"replaced".to_vec();
+    }
+    changed.extend(random_rows("new", 3, DIM));
+    let second = client.put("t", vec![batch(&changed, DIM)]).await.unwrap();
+    assert_eq!((second.inserted, second.updated), (3, 4));
+    assert!(second.version > first.version);
+
+    let all = client.scan("t").await.unwrap();
+    assert_eq!(all.num_rows(), 13);
+    let replaced = client.query(&Query { filter: Some("id = 'u-2'".into()), ..Query::scan("t") }).await.unwrap();
+    use arrow::array::AsArray;
+    assert_eq!(replaced.batches[0].column_by_name("raw_data").unwrap().as_binary::<i64>().value(0), b"replaced");
+    // The replaced row's new vector is what search sees.
+    let found = client.search("t", changed[0].embedding.clone().unwrap(), 1).await.unwrap();
+    assert_eq!(string_column(&found, "id"), vec!["u-0"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn append_refuses_existing_ids_and_overwrite_replaces_everything() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("a", 5, DIM);
+    client.put_with_mode("t", PutMode::Append, vec![batch(&rows, DIM)]).await.unwrap();
+    let before = client.describe_table("t").await.unwrap();
+
+    let mut dup = random_rows("b", 3, DIM);
+    dup.push(rows[0].clone());
+    assert_status(client.put_with_mode("t", PutMode::Append, vec![batch(&dup, DIM)]).await, tonic::Code::AlreadyExists, "already exist");
+    let after = client.describe_table("t").await.unwrap();
+    assert_eq!((after.rows, after.version), (before.rows, before.version), "a refused append changes nothing");
+
+    let fresh = random_rows("c", 2, DIM);
+    let s = client.put_with_mode("t", PutMode::Overwrite, vec![batch(&fresh, DIM)]).await.unwrap();
+    assert_eq!(s.inserted, 2);
+    let ids = string_column(&client.scan("t").await.unwrap(), "id");
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| id.starts_with("c-")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_rows_never_come_back_from_search_or_scan() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("d", 50, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    let target = rows[17].embedding.clone().unwrap();
+    assert_eq!(string_column(&client.search("t", target.clone(), 1).await.unwrap(), "id"), vec!["d-17"]);
+
+    let del = client.delete("t", "id = 'd-17' OR json_get_int(metadata, 'chapter') = 4").await.unwrap();
+    let expected = rows.iter().filter(|r| r.id == "d-17" || r.metadata.as_deref().unwrap().contains("\"chapter\": 4")).count();
+    assert_eq!(del.deleted as usize, expected);
+    let found = client.search("t", target, 50).await.unwrap();
+    let ids = string_column(&found, "id");
+    assert_eq!(ids.len(), 50 - expected);
+    assert!(!ids.contains(&"d-17".to_string()));
+    assert_eq!(client.scan("t").await.unwrap().num_rows(), 50 - expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_are_readable_and_restorable() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let v1 = client.put("t", vec![batch(&random_rows("v1", 3, DIM), DIM)]).await.unwrap().version;
+    let v2 = client.put("t", vec![batch(&random_rows("v2", 4, DIM), DIM)]).await.unwrap().version;
+    let del = client.delete("t", "true").await.unwrap();
+    assert_eq!(del.deleted, 7);
+
+    let versions: Vec<u64> = client.versions("t").await.unwrap().iter().map(|v| v.version).collect();
+    assert!(versions.contains(&v1) && versions.contains(&v2) && versions.contains(&del.version), "{versions:?}");
+    // Reads at a version see that version.
+    let at_v1 = client.query(&Query { version: Some(v1), ..Query::scan("t") }).await.unwrap();
+    assert_eq!(at_v1.num_rows(), 3);
+    let at_v2 = client.query(&Query { version: Some(v2), ..Query::search("t", random_vector(DIM), 100) }).await.unwrap();
+    assert_eq!(at_v2.num_rows(), 7);
+    assert_eq!(client.scan("t").await.unwrap().num_rows(), 0);
+
+    let restored = client.restore("t", v2).await.unwrap();
+    assert_eq!(restored.restored, v2);
+    assert!(restored.version > del.version, "restore is a new version; history is kept");
+    assert_eq!(client.scan("t").await.unwrap().num_rows(), 7);
+    assert_status(client.restore("t", 999).await, tonic::Code::NotFound, "no version 999");
+    assert_status(client.query(&Query { version: Some(999), ..Query::scan("t") }).await, tonic::Code::NotFound, "version");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_server_keeps_every_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = random_rows("p", 40, DIM);
+    {
+        let mut server = Server::start_in(dir.path().to_path_buf());
+        let mut client = server.client().await;
+        client.put("kept", vec![batch(&rows, DIM)]).await.unwrap();
+        client.delete("kept", "id = 'p-0'").await.unwrap();
+        assert!(server.stop().success(), "SIGTERM is a clean exit");
+    }
+    let server = Server::start_in(dir.path().to_path_buf());
+    let mut client = server.client().await;
+    let d = client.describe_table("kept").await.unwrap();
+    assert_eq!(d.rows, 39);
+    assert_eq!(d.versions.len(), 2);
+    let found = client.search("kept", rows[5].embedding.clone().unwrap(), 1).await.unwrap();
+    assert_eq!(string_column(&found, "id"), vec!["p-5"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_puts_from_several_clients_lose_nothing() {
+    let server = Server::start();
+    let clients = 6;
+    let puts_per_client = 8;
+    let rows_per_put = 25;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let url = server.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = hyprstream_client::HyprstreamClient::connect(&url).await.unwrap();
+            for p in 0..puts_per_client {
+                let rows = random_rows(&format!("c{c}p{p}"), rows_per_put, DIM);
+                client.put("shared", vec![batch(&rows, DIM)]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut client = server.client().await;
+    let d = client.describe_table("shared").await.unwrap();
+    assert_eq!(d.rows as usize, clients * puts_per_client * rows_per_put);
+    assert_eq!(d.versions.len(), clients * puts_per_client);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_can_be_created_listed_described_and_dropped() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let created = client.create_table("alpha", 16, hyprstream_client::proto::Metric::Dot).await.unwrap();
+    assert_eq!((created.dim, created.metric, created.rows), (Some(16), hyprstream_client::proto::Metric::Dot, 0));
+    let names: Vec<String> = created.schema.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(names, vec!["id", "embedding", "data_type", "raw_data", "metadata"]);
+    client.put("beta", vec![batch(&random_rows("b", 3, DIM), DIM)]).await.unwrap();
+    let tables = client.list_tables().await.unwrap();
+    assert_eq!(tables.iter().map(|t| (t.name.as_str(), t.rows)).collect::<Vec<_>>(), vec![("alpha", 0), ("beta", 3)]);
+    assert_eq!(client.health().await.unwrap().tables, 2);
+    assert!(client.drop_table("alpha").await.unwrap().dropped);
+    assert_status(client.describe_table("alpha").await, tonic::Code::NotFound, "alpha");
+    assert_eq!(client.list_tables().await.unwrap().len(), 1);
+}

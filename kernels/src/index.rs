@@ -1,0 +1,273 @@
+//! A flat (exact) index over vectors kept in memory, in segments.
+//!
+//! A segment is the unit of change: the server maps one Lance fragment to one segment, so a
+//! new commit adds segments, a compaction or overwrite removes them, and a delete marks rows
+//! dead in place — no full rebuild. Row ids are `u64` (the server uses Lance row addresses,
+//! `fragment << 32 | offset`), ascending within a segment.
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::distance::{dot, squared_l2, Metric};
+use crate::topk::{Neighbor, TopK};
+
+/// Rows per parallel work item (≈ 1.5 MiB of f32 at dim 384: big enough to amortise
+/// scheduling, small enough to balance across cores).
+const ROWS_PER_TASK: usize = 1024;
+/// Rows per SGEMM block in batched search.
+const BATCH_BLOCK_ROWS: usize = 512;
+
+#[derive(Debug, Default, Clone)]
+struct Segment {
+    ids: Vec<u64>,
+    /// rows × dim; for cosine, rows are L2-normalised (a zero row stays zero).
+    data: Vec<f32>,
+    /// |x|² per row (l2 batched search).
+    sq_norms: Vec<f32>,
+    live: Vec<bool>,
+    live_count: usize,
+}
+
+/// Row ids a search may return (a prefilter's result), sorted ascending.
+#[derive(Debug, Clone, Default)]
+pub struct RowFilter {
+    allowed: Vec<u64>,
+}
+
+impl RowFilter {
+    pub fn new(mut allowed: Vec<u64>) -> Self {
+        allowed.sort_unstable();
+        allowed.dedup();
+        RowFilter { allowed }
+    }
+
+    pub fn len(&self) -> usize {
+        self.allowed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allowed.is_empty()
+    }
+
+    /// Which rows of a segment (ids ascending) pass: a merge of two sorted lists.
+    fn mask(&self, ids: &[u64]) -> Vec<bool> {
+        let start = self.allowed.partition_point(|&a| a < ids.first().copied().unwrap_or(0));
+        let mut allowed = self.allowed[start..].iter().peekable();
+        ids.iter()
+            .map(|id| {
+                while allowed.next_if(|a| **a < *id).is_some() {}
+                allowed.peek().is_some_and(|a| **a == *id)
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FlatIndex {
+    dim: usize,
+    metric: Metric,
+    segments: BTreeMap<u32, Segment>,
+}
+
+impl FlatIndex {
+    pub fn new(dim: usize, metric: Metric) -> Self {
+        FlatIndex { dim, metric, segments: BTreeMap::new() }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Live rows.
+    pub fn len(&self) -> usize {
+        self.segments.values().map(|s| s.live_count).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn segment_ids(&self) -> Vec<u32> {
+        self.segments.keys().copied().collect()
+    }
+
+    /// Bytes of vector data held.
+    pub fn memory_bytes(&self) -> usize {
+        self.segments.values().map(|s| s.data.len() * 4 + s.ids.len() * 13).sum()
+    }
+
+    /// Adds (or replaces) a segment. `vectors` is `ids.len() × dim`, row-major; `valid[i]`
+    /// false marks a row without a vector (stored nowhere, never returned).
+    pub fn insert_segment(&mut self, segment: u32, ids: Vec<u64>, mut vectors: Vec<f32>, valid: Option<Vec<bool>>) {
+        assert_eq!(vectors.len(), ids.len() * self.dim, "vectors must be ids.len() × dim");
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascending");
+        let live = valid.unwrap_or_else(|| vec![true; ids.len()]);
+        assert_eq!(live.len(), ids.len());
+        if self.dim > 0 && self.metric == Metric::Cosine {
+            for row in vectors.chunks_exact_mut(self.dim) {
+                let norm = dot(row, row).sqrt();
+                if norm > 0.0 {
+                    row.iter_mut().for_each(|v| *v /= norm);
+                }
+            }
+        }
+        let sq_norms = if self.dim == 0 { vec![0.0; ids.len()] } else { vectors.chunks_exact(self.dim).map(|r| dot(r, r)).collect() };
+        let live_count = live.iter().filter(|l| **l).count();
+        self.segments.insert(segment, Segment { ids, data: vectors, sq_norms, live, live_count });
+    }
+
+    pub fn remove_segment(&mut self, segment: u32) {
+        self.segments.remove(&segment);
+    }
+
+    /// Marks every row of `segment` whose id is not in `keep` (ascending) dead.
+    pub fn retain_in_segment(&mut self, segment: u32, keep: &[u64]) {
+        if let Some(s) = self.segments.get_mut(&segment) {
+            let filter = RowFilter { allowed: keep.to_vec() };
+            let mask = filter.mask(&s.ids);
+            for (live, keep) in s.live.iter_mut().zip(mask) {
+                *live &= keep;
+            }
+            s.live_count = s.live.iter().filter(|l| **l).count();
+        }
+    }
+
+    /// Work items of at most `rows` rows: (segment id, segment, first row, row count).
+    fn tasks(&self, rows: usize) -> Vec<(u32, &Segment, usize, usize)> {
+        let mut tasks = Vec::new();
+        for (&id, s) in self.segments.iter().filter(|(_, s)| s.live_count > 0) {
+            let mut start = 0;
+            while start < s.ids.len() {
+                let n = rows.min(s.ids.len() - start);
+                tasks.push((id, s, start, n));
+                start += n;
+            }
+        }
+        tasks
+    }
+
+    /// Per segment, which rows the filter admits.
+    fn masks(&self, filter: Option<&RowFilter>) -> Option<BTreeMap<u32, Vec<bool>>> {
+        filter.map(|f| self.segments.iter().map(|(&id, s)| (id, f.mask(&s.ids))).collect())
+    }
+
+    /// The k nearest live rows (that `filter` admits) to `query`, nearest first.
+    pub fn search(&self, query: &[f32], k: usize, filter: Option<&RowFilter>) -> Vec<Neighbor> {
+        assert_eq!(query.len(), self.dim, "query length");
+        let mut q = query.to_vec();
+        let q_norm = dot(&q, &q).sqrt();
+        if self.metric == Metric::Cosine && q_norm > 0.0 {
+            q.iter_mut().for_each(|v| *v /= q_norm);
+        }
+        let masks = self.masks(filter);
+        let dim = self.dim;
+        let metric = self.metric;
+        let tops: Vec<TopK> = self
+            .tasks(ROWS_PER_TASK)
+            .into_par_iter()
+            .map(|(id, s, start, n)| {
+                let mut top = TopK::new(k);
+                let mask = masks.as_ref().map(|m| &m[&id]);
+                for i in start..start + n {
+                    if !s.live[i] || mask.is_some_and(|m| !m[i]) {
+                        continue;
+                    }
+                    let row = &s.data[i * dim..(i + 1) * dim];
+                    let d = match metric {
+                        Metric::Dot => -dot(&q, row),
+                        Metric::L2 => squared_l2(&q, row),
+                        Metric::Cosine => {
+                            if q_norm == 0.0 || s.sq_norms[i] == 0.0 { 1.0 } else { 1.0 - dot(&q, row) }
+                        }
+                    };
+                    top.push(d, s.ids[i]);
+                }
+                top
+            })
+            .collect();
+        merge(tops, k)
+    }
+
+    /// Many queries (`queries` is Q × dim, row-major) in one pass over the rows: each block of
+    /// rows is multiplied with all queries at once (SGEMM), so rows are read once per batch.
+    pub fn search_batch(&self, queries: &[f32], k: usize, filter: Option<&RowFilter>) -> Vec<Vec<Neighbor>> {
+        let dim = self.dim;
+        assert!(dim > 0 && queries.len() % dim == 0, "queries must be Q × dim");
+        let nq = queries.len() / dim;
+        let mut q = queries.to_vec();
+        let mut q_norms = vec![0f32; nq];
+        for (row, norm) in q.chunks_exact_mut(dim).zip(q_norms.iter_mut()) {
+            *norm = dot(row, row).sqrt();
+            if self.metric == Metric::Cosine && *norm > 0.0 {
+                row.iter_mut().for_each(|v| *v /= *norm);
+            }
+        }
+        let masks = self.masks(filter);
+        let metric = self.metric;
+        let partials: Vec<Vec<TopK>> = self
+            .tasks(BATCH_BLOCK_ROWS)
+            .into_par_iter()
+            .fold(
+                || (0..nq).map(|_| TopK::new(k)).collect::<Vec<_>>(),
+                |mut tops, (id, s, start, n)| {
+                    let mask = masks.as_ref().map(|m| &m[&id]);
+                    let mut scores = vec![0f32; n * nq];
+                    // scores (n × nq) = X[start..start+n] (n × dim) · Qᵀ (dim × nq)
+                    // SAFETY: the pointers cover n × dim, nq × dim and n × nq f32s with the
+                    // given strides, and nothing else aliases `scores`.
+                    unsafe {
+                        matrixmultiply::sgemm(
+                            n, dim, nq, 1.0,
+                            s.data[start * dim..].as_ptr(), dim as isize, 1,
+                            q.as_ptr(), 1, dim as isize,
+                            0.0, scores.as_mut_ptr(), nq as isize, 1,
+                        );
+                    }
+                    for i in 0..n {
+                        let r = start + i;
+                        if !s.live[r] || mask.is_some_and(|m| !m[r]) {
+                            continue;
+                        }
+                        for (j, top) in tops.iter_mut().enumerate() {
+                            let qx = scores[i * nq + j];
+                            let d = match metric {
+                                Metric::Dot => -qx,
+                                Metric::L2 => (q_norms[j] * q_norms[j] + s.sq_norms[r] - 2.0 * qx).max(0.0),
+                                Metric::Cosine => {
+                                    if q_norms[j] == 0.0 || s.sq_norms[r] == 0.0 { 1.0 } else { 1.0 - qx }
+                                }
+                            };
+                            top.push(d, s.ids[r]);
+                        }
+                    }
+                    tops
+                },
+            )
+            .collect();
+        (0..nq)
+            .map(|j| {
+                let mut merged = TopK::new(k);
+                for part in &partials {
+                    for n in part[j].iter() {
+                        merged.push(n.distance, n.id);
+                    }
+                }
+                merged.into_sorted()
+            })
+            .collect()
+    }
+}
+
+fn merge(tops: Vec<TopK>, k: usize) -> Vec<Neighbor> {
+    let mut merged = TopK::new(k);
+    for top in tops {
+        for n in top.into_sorted() {
+            merged.push(n.distance, n.id);
+        }
+    }
+    merged.into_sorted()
+}

@@ -1,0 +1,151 @@
+//! Exact search against a float64 brute-force reference on fresh random data.
+use hyprstream_kernels::{search_block, Metric, PreparedQuery, TopK};
+use rand::Rng;
+
+fn reference(metric: Metric, q: &[f32], rows: &[f32], dim: usize) -> Vec<f64> {
+    rows.chunks_exact(dim)
+        .map(|x| {
+            let qx: f64 = q.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            match metric {
+                Metric::Dot => -qx,
+                Metric::L2 => q.iter().zip(x).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum(),
+                Metric::Cosine => {
+                    let qq: f64 = q.iter().map(|a| (*a as f64).powi(2)).sum();
+                    let xx: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
+                    if qq == 0.0 || xx == 0.0 { 1.0 } else { 1.0 - qx / (qq.sqrt() * xx.sqrt()) }
+                }
+            }
+        })
+        .collect()
+}
+
+fn check(metric: Metric, n: usize, dim: usize, k: usize, masked: bool) {
+    let mut rng = rand::rng();
+    let rows: Vec<f32> = (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let valid: Vec<bool> = (0..n).map(|i| !masked || i % 3 != 0).collect();
+    let query = PreparedQuery::new(metric, q.clone());
+    let mut top = TopK::new(k);
+    let mut scratch = Vec::new();
+    // Two blocks, to exercise merging across blocks.
+    let split = n / 2;
+    search_block(&query, &rows[..split * dim], Some(&valid[..split]), None, 0, &mut scratch, &mut top);
+    search_block(&query, &rows[split * dim..], Some(&valid[split..]), None, split as u64, &mut scratch, &mut top);
+    let got = top.into_sorted();
+
+    let dist = reference(metric, &q, &rows, dim);
+    let mut expected: Vec<(f64, u64)> =
+        (0..n).filter(|&i| valid[i]).map(|i| (dist[i], i as u64)).collect();
+    expected.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    expected.truncate(k);
+    assert_eq!(got.len(), expected.len(), "{metric:?}: result count");
+    for (g, (d, id)) in got.iter().zip(&expected) {
+        let tol = 1e-5 * d.abs().max(1.0);
+        assert!((g.distance as f64 - d).abs() <= tol, "{metric:?}: distance {} vs {d}", g.distance);
+        // Ties within tolerance may swap ids; otherwise ids must agree.
+        if g.id != *id {
+            assert!((dist[g.id as usize] - d).abs() <= tol, "{metric:?}: id {} vs {id}", g.id);
+        }
+    }
+}
+
+#[test]
+fn every_metric_matches_float64_reference() {
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        check(metric, 5000, 384, 10, false);
+        check(metric, 3001, 37, 7, true); // odd dim: exercises the remainder lanes
+    }
+}
+
+#[test]
+fn k_larger_than_rows_returns_every_valid_row() {
+    check(Metric::L2, 20, 16, 100, true);
+}
+
+#[test]
+fn empty_input_returns_nothing() {
+    let query = PreparedQuery::new(Metric::Cosine, vec![1.0; 8]);
+    let mut top = TopK::new(5);
+    search_block(&query, &[], None, None, 0, &mut Vec::new(), &mut top);
+    assert!(top.into_sorted().is_empty());
+}
+
+#[test]
+fn large_blocks_use_threads_and_agree() {
+    check(Metric::Cosine, 70_000, 64, 10, true);
+}
+
+#[test]
+fn zero_vectors_have_cosine_distance_one() {
+    let query = PreparedQuery::new(Metric::Cosine, vec![1.0, 0.0]);
+    assert_eq!(query.distance(&[0.0, 0.0]), 1.0);
+    assert!((query.distance(&[2.0, 0.0])).abs() < 1e-7);
+}
+
+mod flat_index {
+    use super::reference;
+    use hyprstream_kernels::{FlatIndex, Metric, RowFilter};
+    use rand::Rng;
+
+    fn data(n: usize, dim: usize) -> Vec<f32> {
+        let mut rng = rand::rng();
+        (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// Two segments (ids as fragment << 32 | offset), some rows deleted, a filter.
+    fn check(metric: Metric, dim: usize, k: usize, batch: bool) {
+        let (n1, n2) = (1500, 900);
+        let (a, b) = (data(n1, dim), data(n2, dim));
+        let ids_a: Vec<u64> = (0..n1 as u64).collect();
+        let ids_b: Vec<u64> = (0..n2 as u64).map(|i| (7 << 32) | i).collect();
+        let mut index = FlatIndex::new(dim, metric);
+        index.insert_segment(0, ids_a.clone(), a.clone(), None);
+        index.insert_segment(7, ids_b.clone(), b.clone(), None);
+        // Delete every 5th row of segment 7.
+        let keep: Vec<u64> = ids_b.iter().copied().enumerate().filter(|(i, _)| i % 5 != 0).map(|(_, id)| id).collect();
+        index.retain_in_segment(7, &keep);
+        assert_eq!(index.len(), n1 + keep.len());
+        let filter = RowFilter::new(ids_a.iter().chain(&ids_b).copied().filter(|id| id % 3 != 1).collect());
+
+        let queries = data(4, dim);
+        let got: Vec<_> = if batch {
+            index.search_batch(&queries, k, Some(&filter))
+        } else {
+            queries.chunks(dim).map(|q| index.search(q, k, Some(&filter))).collect()
+        };
+        for (qi, q) in queries.chunks(dim).enumerate() {
+            let mut all: Vec<(f64, u64)> = reference(metric, q, &a, dim).into_iter().zip(ids_a.iter().copied()).collect();
+            all.extend(reference(metric, q, &b, dim).into_iter().zip(ids_b.iter().copied()));
+            let mut expected: Vec<(f64, u64)> =
+                all.into_iter().filter(|(_, id)| id % 3 != 1 && (id >> 32 != 7 || (id & 0xffff_ffff) % 5 != 0)).collect();
+            expected.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            expected.truncate(k);
+            assert_eq!(got[qi].len(), expected.len());
+            for (g, (d, id)) in got[qi].iter().zip(&expected) {
+                let tol = 1e-4 * d.abs().max(1.0);
+                assert!((g.distance as f64 - d).abs() <= tol, "{metric:?} batch={batch}: {} vs {d}", g.distance);
+                let _ = id;
+            }
+        }
+    }
+
+    #[test]
+    fn single_and_batched_search_match_reference_with_deletes_and_filters() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            check(metric, 48, 10, false);
+            check(metric, 48, 10, true);
+            check(metric, 13, 3000, true); // k beyond the row count
+        }
+    }
+
+    #[test]
+    fn removed_segments_are_gone() {
+        let mut index = FlatIndex::new(2, Metric::L2);
+        index.insert_segment(1, vec![1 << 32], vec![0.0, 0.0], None);
+        index.insert_segment(2, vec![2 << 32, (2 << 32) + 1], vec![5.0, 5.0, 1.0, 1.0], Some(vec![true, false]));
+        assert_eq!(index.len(), 2);
+        index.remove_segment(1);
+        let hits = index.search(&[0.0, 0.0], 5, None);
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![2 << 32]);
+    }
+}

@@ -1,0 +1,110 @@
+//! DoAction types: names, one-line descriptions, example bodies, and typed bodies.
+use serde::{Deserialize, Serialize};
+
+use crate::query::Metric;
+
+/// What ListActions answers, and the source of the action table in `docs/protocol.md`.
+pub struct ActionSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub example: &'static str,
+}
+
+pub const ACTIONS: &[ActionSpec] = &[
+    ActionSpec {
+        name: "create_table",
+        description: "Create an empty multimodal table (id, embedding[dim], data_type, raw_data, metadata).",
+        example: r#"{"name": "sherlock_data", "dim": 384, "metric": "cosine"}"#,
+    },
+    ActionSpec {
+        name: "drop_table",
+        description: "Delete a table and all its versions.",
+        example: r#"{"name": "sherlock_data"}"#,
+    },
+    ActionSpec {
+        name: "list_tables",
+        description: "List tables with their row counts and latest versions.",
+        example: "{}",
+    },
+    ActionSpec {
+        name: "describe_table",
+        description: "Schema, rows, dim, metric, current version, versions and indexes of a table.",
+        example: r#"{"name": "sherlock_data"}"#,
+    },
+    ActionSpec {
+        name: "delete",
+        description: "Delete the rows matching an SQL filter; returns the count and the new version.",
+        example: r#"{"table": "sherlock_data", "filter": "id = 'a-1'"}"#,
+    },
+    ActionSpec {
+        name: "search",
+        description: "k-nearest-neighbour search (same keys as a search ticket); returns JSON rows {id, distance, data_type, metadata}.",
+        example: r#"{"table": "sherlock_data", "vector": [0.1, 0.2, 0.3], "k": 5}"#,
+    },
+    ActionSpec {
+        name: "versions",
+        description: "List the table's versions with timestamps and row counts.",
+        example: r#"{"table": "sherlock_data"}"#,
+    },
+    ActionSpec {
+        name: "restore",
+        description: "Make an earlier version the latest (as a new version; history is kept).",
+        example: r#"{"table": "sherlock_data", "version": 2}"#,
+    },
+    ActionSpec {
+        name: "health",
+        description: "Server version, uptime and table count.",
+        example: "{}",
+    },
+];
+
+/// Action names as constants, so client and server cannot drift apart.
+pub mod names {
+    pub const CREATE_TABLE: &str = "create_table";
+    pub const DROP_TABLE: &str = "drop_table";
+    pub const LIST_TABLES: &str = "list_tables";
+    pub const DESCRIBE_TABLE: &str = "describe_table";
+    pub const DELETE: &str = "delete";
+    pub const SEARCH: &str = "search";
+    pub const VERSIONS: &str = "versions";
+    pub const RESTORE: &str = "restore";
+    pub const HEALTH: &str = "health";
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTable {
+    #[serde(alias = "table")]
+    pub name: String,
+    pub dim: usize,
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+/// Body of actions that name one table (`drop_table`, `describe_table`, `versions`).
+/// Both `"name"` and `"table"` are accepted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TableRef {
+    #[serde(alias = "table")]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Delete {
+    pub table: String,
+    pub filter: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Restore {
+    pub table: String,
+    pub version: u64,
+}
+
+/// Body of actions that take no arguments (`list_tables`, `health`); an empty body is accepted too.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}

@@ -1,0 +1,96 @@
+//! JSON results: DoPut's PutResult metadata and DoAction result bodies.
+use serde::{Deserialize, Serialize};
+
+use crate::query::Metric;
+
+/// `PutResult.app_metadata` of a DoPut.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PutSummary {
+    pub table: String,
+    pub inserted: u64,
+    pub updated: u64,
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// Arrow type, as Arrow displays it (e.g. `FixedSizeList(384 x Float32)`).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TableSummary {
+    pub name: String,
+    pub rows: u64,
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TableDescription {
+    pub name: String,
+    pub rows: u64,
+    /// Length of the `embedding` vectors; absent for a table without one.
+    pub dim: Option<usize>,
+    pub metric: Metric,
+    pub version: u64,
+    pub versions: Vec<u64>,
+    pub schema: Vec<ColumnInfo>,
+    pub indexes: Vec<IndexInfo>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct IndexInfo {
+    pub name: String,
+    pub columns: Vec<String>,
+    #[serde(rename = "type")]
+    pub index_type: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VersionInfo {
+    pub version: u64,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DeleteSummary {
+    pub table: String,
+    pub deleted: u64,
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RestoreSummary {
+    pub table: String,
+    /// The version whose contents are now the latest.
+    pub restored: u64,
+    /// The new latest version.
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DropSummary {
+    pub table: String,
+    pub dropped: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SearchHit {
+    pub id: String,
+    pub distance: f32,
+    pub data_type: Option<String>,
+    /// The row's metadata JSON, parsed.
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub uptime_secs: f64,
+    pub tables: usize,
+}

@@ -1,0 +1,58 @@
+//! Parsing of what clients put in Flight's opaque byte fields: tickets, command descriptors,
+//! action bodies (all UTF-8 JSON, see `docs/protocol.md`).
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::FlightDescriptor;
+use hyprstream_proto::{PutCommand, PutMode, Query};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Parses a JSON document; `what` names it in the error ("ticket", "action 'delete' body").
+pub fn parse_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::invalid(format!("{what} is not UTF-8 JSON")))?;
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    serde_json::from_str(text).map_err(|e| Error::invalid(format!("{what}: {e}")))
+}
+
+pub fn parse_query(what: &str, bytes: &[u8]) -> Result<Query> {
+    parse_json(what, bytes)
+}
+
+/// What a descriptor names: a table (path), or a query (command).
+pub enum Target {
+    Table(String),
+    Query(Query),
+}
+
+pub fn parse_descriptor(descriptor: &FlightDescriptor) -> Result<Target> {
+    match descriptor.r#type() {
+        DescriptorType::Path => Ok(Target::Table(single_path(descriptor)?)),
+        DescriptorType::Cmd => Ok(Target::Query(parse_query("command descriptor", &descriptor.cmd)?)),
+        DescriptorType::Unknown => Err(Error::invalid("descriptor type is UNKNOWN: use for_path(table) or for_command(JSON)")),
+    }
+}
+
+fn single_path(descriptor: &FlightDescriptor) -> Result<String> {
+    match descriptor.path.as_slice() {
+        [table] => Ok(table.clone()),
+        other => Err(Error::invalid(format!(
+            "descriptor path must be exactly one table name, got {} elements",
+            other.len()
+        ))),
+    }
+}
+
+/// The table and mode of a DoPut: `for_path(T)` upserts; `for_command({"table", "mode"})`.
+pub fn parse_put_descriptor(descriptor: Option<&FlightDescriptor>) -> Result<(String, PutMode)> {
+    let descriptor = descriptor.ok_or_else(|| {
+        Error::invalid("DoPut needs a FlightDescriptor on its first message: for_path(table) or for_command({\"table\", \"mode\"})")
+    })?;
+    match descriptor.r#type() {
+        DescriptorType::Path => Ok((single_path(descriptor)?, PutMode::Upsert)),
+        DescriptorType::Cmd => {
+            let cmd: PutCommand = parse_json("DoPut command", &descriptor.cmd)?;
+            Ok((cmd.table, cmd.mode))
+        }
+        DescriptorType::Unknown => Err(Error::invalid("DoPut descriptor type is UNKNOWN: use for_path(table) or for_command(JSON)")),
+    }
+}

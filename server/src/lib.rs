@@ -1,0 +1,80 @@
+//! Hyprstream server: Arrow Flight over Lance multimodal tables.
+//!
+//! Layers, outermost first: [`flight`] (the gRPC edge) → [`service`] (the domain, testable
+//! without a network) → [`store`] (Lance). Only `flight` knows about gRPC.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub mod error;
+pub mod flight;
+pub mod service;
+pub mod store;
+
+use flight::auth::{AllowAll, Authenticator};
+use flight::HyprstreamFlight;
+use service::TableService;
+use store::Store;
+
+/// Largest gRPC message accepted or sent: a DoPut batch of tens of MB fits.
+pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub addr: String,
+}
+
+/// Binds, then serves until `shutdown` resolves. In-flight calls finish before it returns;
+/// a put that had not committed by then is not committed at all (Lance commits are atomic).
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(SocketAddr),
+) -> anyhow_lite::Result<()> {
+    let store = Store::open(&config.data_dir).map_err(|e| anyhow_lite::msg(e.to_string()))?;
+    let tables = Arc::new(TableService::new(store));
+    let auth: Arc<dyn Authenticator> = Arc::new(AllowAll);
+    let flight = FlightServiceServer::new(HyprstreamFlight::new(tables, auth))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hyprstream_proto::FLIGHT_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| anyhow_lite::msg(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hyprstream_proto::FLIGHT_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| anyhow_lite::msg(format!("reflection: {e}")))?;
+
+    let listener = TcpListener::bind(&config.addr)
+        .await
+        .map_err(|e| anyhow_lite::msg(format!("cannot listen on {}: {e}", config.addr)))?;
+    let local = listener.local_addr().map_err(|e| anyhow_lite::msg(e.to_string()))?;
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "hyprstream-server listening");
+    on_bound(local);
+
+    tonic::transport::Server::builder()
+        .add_service(flight)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| anyhow_lite::msg(format!("server error: {e}")))?;
+    tracing::info!("hyprstream-server stopped");
+    Ok(())
+}
+
+/// A minimal error type for the binary's top level (keeps anyhow out of the library).
+pub mod anyhow_lite {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+    pub fn msg(m: impl Into<String>) -> Box<dyn std::error::Error + Send + Sync> {
+        m.into().into()
+    }
+}

@@ -1,0 +1,58 @@
+//! `hyprstream-server`: serves Hyprstream's Flight API over a local data directory.
+use std::path::PathBuf;
+
+use clap::Parser;
+use hyprstream_server::{serve, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "hyprstream-server", version, about = "Arrow Flight server over Lance multimodal tables")]
+struct Args {
+    /// Directory holding the tables (one Lance dataset each).
+    #[arg(long, env = "HYPRSTREAM_DATA_DIR", default_value = "./hyprstream-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "HYPRSTREAM_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "HYPRSTREAM_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_env("HYPRSTREAM_LOG").unwrap_or_else(|_| EnvFilter::new("info,lance=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let config = ServerConfig { data_dir: args.data_dir, addr: args.addr };
+    let result = runtime.block_on(serve(config, shutdown_signal(), |addr| {
+        // One line on stdout that scripts and tests wait for.
+        println!("hyprstream-server listening on {addr}");
+    }));
+    if let Err(e) = result {
+        tracing::error!(error = %e, "hyprstream-server failed");
+        std::process::exit(1);
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; finishing in-flight calls");
+}

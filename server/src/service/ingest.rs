@@ -1,0 +1,439 @@
+//! Validation and normalisation of rows arriving by DoPut.
+//!
+//! The multimodal columns have one stored form each, whatever form a client sent:
+//! `id` Utf8 (not null, unique in the put), `embedding` FixedSizeList<Float32>[dim]
+//! (finite values), `data_type` Utf8 ∈ {text, image}, `raw_data` LargeBinary, `metadata`
+//! Utf8 tagged as the `arrow.json` extension (each value valid JSON), which Lance stores as
+//! JSONB so filters can reach into it. Other columns pass through unchanged.
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch,
+};
+use arrow::compute::cast;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use hyprstream_proto::columns::{DATA_TYPE, EMBEDDING, ID, METADATA, RAW_DATA};
+
+use crate::error::{Error, Result};
+
+const ARROW_EXT_NAME: &str = "ARROW:extension:name";
+const ARROW_JSON: &str = "arrow.json";
+const LANCE_JSON: &str = "lance.json";
+pub const DATA_TYPES: [&str; 2] = ["text", "image"];
+
+/// Rows ready to commit: the stored schema and the batches cast to it.
+#[derive(Debug)]
+pub struct Ingest {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// Length of the `embedding` vectors, when the put has that column.
+    pub dim: Option<usize>,
+}
+
+/// The stored field for a multimodal column, given the field a client sent.
+fn stored_field(field: &Field, dim: Option<usize>) -> Result<Field> {
+    let name = field.name().as_str();
+    let bad = |want: &str| {
+        Error::invalid(format!("column '{name}' has type {}, expected {want}", field.data_type()))
+    };
+    Ok(match name {
+        ID => {
+            if !is_string(field.data_type()) {
+                return Err(bad("utf8"));
+            }
+            Field::new(ID, DataType::Utf8, false)
+        }
+        EMBEDDING => {
+            let item = match field.data_type() {
+                DataType::FixedSizeList(item, _) | DataType::List(item) | DataType::LargeList(item) => item,
+                _ => return Err(bad("fixed_size_list<float32>[dim] (or list<float32>)")),
+            };
+            if !matches!(item.data_type(), DataType::Float32 | DataType::Float64 | DataType::Float16) {
+                return Err(bad("a list of float32"));
+            }
+            let dim = dim.ok_or_else(|| {
+                Error::invalid("column 'embedding' has no non-null vector to take the dimension from; send a fixed_size_list<float32>[dim] or create the table first with create_table {\"name\", \"dim\"}")
+            })?;
+            embedding_field(dim)
+        }
+        DATA_TYPE => {
+            if !is_string(field.data_type()) {
+                return Err(bad("utf8 ('text' or 'image')"));
+            }
+            Field::new(DATA_TYPE, DataType::Utf8, true)
+        }
+        RAW_DATA => {
+            if !matches!(
+                field.data_type(),
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ) {
+                return Err(bad("binary or large_binary"));
+            }
+            Field::new(RAW_DATA, DataType::LargeBinary, true)
+        }
+        METADATA => {
+            if !is_string(field.data_type()) && !is_json_binary(field) {
+                return Err(bad("JSON (pa.json_() or utf8 holding JSON)"));
+            }
+            metadata_field()
+        }
+        _ => field.clone(),
+    })
+}
+
+pub fn embedding_field(dim: usize) -> Field {
+    Field::new(EMBEDDING, DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), dim as i32), true)
+}
+
+pub fn metadata_field() -> Field {
+    Field::new(METADATA, DataType::Utf8, true)
+        .with_metadata(HashMap::from([(ARROW_EXT_NAME.to_string(), ARROW_JSON.to_string())]))
+}
+
+/// The empty multimodal schema `create_table` makes.
+pub fn multimodal_schema(dim: usize) -> Schema {
+    Schema::new(vec![
+        Field::new(ID, DataType::Utf8, false),
+        embedding_field(dim),
+        Field::new(DATA_TYPE, DataType::Utf8, true),
+        Field::new(RAW_DATA, DataType::LargeBinary, true),
+        metadata_field(),
+    ])
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// Lance hands JSON columns back as JSONB (`lance.json` on large_binary) in some paths.
+fn is_json_binary(field: &Field) -> bool {
+    field.metadata().get(ARROW_EXT_NAME).map(|s| s == LANCE_JSON).unwrap_or(false)
+}
+
+/// Dimension of the first non-null vector in the `embedding` column, if any.
+fn infer_dim(field: &Field, batches: &[RecordBatch], index: usize) -> Result<Option<usize>> {
+    if let DataType::FixedSizeList(_, n) = field.data_type() {
+        return Ok(Some(*n as usize));
+    }
+    for batch in batches {
+        let column = batch.column(index);
+        for row in 0..column.len() {
+            if column.is_valid(row) {
+                let len = match column.data_type() {
+                    DataType::List(_) => column.as_list::<i32>().value_length(row) as usize,
+                    DataType::LargeList(_) => column.as_list::<i64>().value_length(row) as usize,
+                    _ => unreachable!("checked by stored_field"),
+                };
+                return Ok(Some(len));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Validates a put and casts it to the stored form. `table` is the existing table's schema,
+/// if there is one: then columns are matched by name and put in the table's order, missing
+/// nullable columns are filled with nulls, and unknown columns are refused.
+pub fn prepare(input: &Schema, batches: Vec<RecordBatch>, table: Option<&Schema>) -> Result<Ingest> {
+    input
+        .index_of(ID)
+        .map_err(|_| Error::invalid(format!("the put has no '{ID}' column (utf8, not null); columns sent: {}", names(input))))?;
+    let mut seen = HashSet::new();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for f in input.fields() {
+        *count.entry(f.name().as_str()).or_default() += 1;
+        if count[f.name().as_str()] > 1 {
+            return Err(Error::invalid(format!("column '{}' appears twice", f.name())));
+        }
+    }
+
+    let table_dim = table.and_then(|t| t.field_with_name(EMBEDDING).ok()).and_then(|f| match f.data_type() {
+        DataType::FixedSizeList(_, n) => Some(*n as usize),
+        _ => None,
+    });
+    let dim = match input.index_of(EMBEDDING) {
+        Ok(i) => match table_dim {
+            Some(d) => Some(d),
+            None => infer_dim(input.field(i), &batches, i)?,
+        },
+        Err(_) => table_dim,
+    };
+
+    // The stored schema: the table's, or the input's with the multimodal columns normalised.
+    let target: SchemaRef = match table {
+        Some(t) => {
+            for f in input.fields() {
+                if t.field_with_name(f.name()).is_err() {
+                    return Err(Error::invalid(format!(
+                        "schema mismatch: column '{}' is not in the table (its columns: {}); drop it from the put or use mode \"overwrite\"",
+                        f.name(),
+                        names(t)
+                    )));
+                }
+            }
+            for f in t.fields() {
+                if input.field_with_name(f.name()).is_err() && !f.is_nullable() {
+                    return Err(Error::invalid(format!("schema mismatch: the put lacks column '{}', which is not nullable", f.name())));
+                }
+            }
+            Arc::new(t.clone())
+        }
+        None => {
+            let fields = input.fields().iter().map(|f| stored_field(f, dim)).collect::<Result<Vec<_>>>()?;
+            let mut metadata = input.metadata().clone();
+            metadata.retain(|k, _| k.starts_with("hyprstream."));
+            Arc::new(Schema::new_with_metadata(fields, metadata))
+        }
+    };
+
+    let mut out = Vec::with_capacity(batches.len());
+    let mut rows = 0;
+    for batch in batches {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        // Checked before the cast: the stored `id` field is non-nullable.
+        let ids = batch.column(input.index_of(ID).expect("checked above"));
+        if let Some(row) = (0..ids.len()).find(|&i| ids.is_null(i)) {
+            return Err(Error::invalid(format!("column 'id': row {} is null; every row needs an id", rows + row)));
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+        for target_field in target.fields() {
+            let column = match input.index_of(target_field.name()) {
+                Ok(i) => convert_column(input.field(i), batch.column(i), target_field)?,
+                Err(_) => new_null_array(target_field.data_type(), batch.num_rows()),
+            };
+            columns.push(column);
+        }
+        let converted = RecordBatch::try_new(target.clone(), columns)
+            .map_err(|e| Error::invalid(format!("rows do not fit the table schema: {e}")))?;
+        check_rows(&converted, &mut seen)?;
+        rows += converted.num_rows();
+        out.push(converted);
+    }
+    Ok(Ingest { schema: target, batches: out, rows, dim })
+}
+
+fn names(schema: &Schema) -> String {
+    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Casts one column to its stored field, checking what a cast cannot.
+fn convert_column(input: &Field, column: &ArrayRef, target: &Field) -> Result<ArrayRef> {
+    let name = target.name().as_str();
+    match name {
+        EMBEDDING => convert_embedding(input, column, target),
+        METADATA if is_json_binary(input) => Err(Error::invalid(
+            "column 'metadata' arrived as JSONB; send it as pa.json_() or utf8 JSON text",
+        )),
+        _ => {
+            if column.data_type() == target.data_type() {
+                return Ok(column.clone());
+            }
+            let compatible = match name {
+                ID | DATA_TYPE | METADATA => is_string(column.data_type()) && is_string(target.data_type()),
+                RAW_DATA => true,
+                _ => false,
+            };
+            if !compatible {
+                return Err(Error::invalid(format!(
+                    "schema mismatch: column '{name}' has type {}, the table stores {}",
+                    column.data_type(),
+                    target.data_type()
+                )));
+            }
+            cast(column, target.data_type())
+                .map_err(|e| Error::invalid(format!("column '{name}' cannot be stored as {}: {e}", target.data_type())))
+        }
+    }
+}
+
+fn convert_embedding(input: &Field, column: &ArrayRef, target: &Field) -> Result<ArrayRef> {
+    let DataType::FixedSizeList(item, dim) = target.data_type() else {
+        // An extra column called `embedding` on a table stored without one: treat as opaque.
+        return Ok(column.clone());
+    };
+    let dim = *dim as usize;
+    let (offsets, values): (Vec<(usize, usize)>, ArrayRef) = match column.data_type() {
+        DataType::FixedSizeList(_, n) => {
+            let list = column.as_fixed_size_list();
+            let n = *n as usize;
+            if n != dim {
+                return Err(Error::invalid(format!("column 'embedding' has vectors of length {n}; the table's dim is {dim}")));
+            }
+            let offset = list.offset();
+            ((0..list.len()).map(|i| ((offset + i) * n, n)).collect(), list.values().clone())
+        }
+        DataType::List(_) => {
+            let list = column.as_list::<i32>();
+            (
+                (0..list.len()).map(|i| (list.value_offsets()[i] as usize, list.value_length(i) as usize)).collect(),
+                list.values().clone(),
+            )
+        }
+        DataType::LargeList(_) => {
+            let list = column.as_list::<i64>();
+            (
+                (0..list.len()).map(|i| (list.value_offsets()[i] as usize, list.value_length(i) as usize)).collect(),
+                list.values().clone(),
+            )
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "column 'embedding' has type {other} ({}), expected fixed_size_list<float32>[{dim}]",
+                input.name()
+            )))
+        }
+    };
+    let values = cast(&values, &DataType::Float32).map_err(|e| Error::invalid(format!("column 'embedding': {e}")))?;
+    let values = values.as_primitive::<arrow::datatypes::Float32Type>();
+    let mut flat = Vec::with_capacity(column.len() * dim);
+    for (row, &(start, len)) in offsets.iter().enumerate() {
+        if column.is_null(row) {
+            flat.extend(std::iter::repeat_n(0.0, dim));
+            continue;
+        }
+        if len != dim {
+            return Err(Error::invalid(format!(
+                "column 'embedding': row {row} has a vector of length {len}; the table's dim is {dim}"
+            )));
+        }
+        let slice = &values.values()[start..start + len];
+        if values.null_count() > 0 && (start..start + len).any(|i| values.is_null(i)) {
+            return Err(Error::invalid(format!("column 'embedding': row {row} has a null inside its vector")));
+        }
+        if let Some(bad) = slice.iter().find(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "column 'embedding': row {row} has a non-finite value ({bad}); vectors must be finite"
+            )));
+        }
+        flat.extend_from_slice(slice);
+    }
+    let array = FixedSizeListArray::try_new(
+        item.clone(),
+        dim as i32,
+        Arc::new(Float32Array::from(flat)),
+        column.logical_nulls(),
+    )?;
+    Ok(Arc::new(array))
+}
+
+/// Row-level rules: ids present and unique across the whole put, data_type known, metadata JSON.
+fn check_rows(batch: &RecordBatch, seen: &mut HashSet<String>) -> Result<()> {
+    let ids = batch.column_by_name(ID).expect("id column").as_string::<i32>();
+    for (row, id) in ids.iter().enumerate() {
+        let Some(id) = id else {
+            return Err(Error::invalid(format!("column 'id': row {row} is null; every row needs an id")));
+        };
+        if !seen.insert(id.to_string()) {
+            return Err(Error::invalid(format!("column 'id': '{id}' appears more than once in this put")));
+        }
+    }
+    if let Some(column) = batch.column_by_name(DATA_TYPE) {
+        for (row, value) in column.as_string::<i32>().iter().enumerate() {
+            // Null means "not said"; any value said must be one we know.
+            if let Some(v) = value.filter(|v| !DATA_TYPES.contains(v)) {
+                return Err(Error::invalid(format!(
+                    "column 'data_type': row {row} (id '{}') is '{v}'; it must be 'text' or 'image' (or null)",
+                    ids.value(row)
+                )));
+            }
+        }
+    }
+    if let Some(column) = batch.column_by_name(METADATA) {
+        for (row, value) in column.as_string::<i32>().iter().enumerate() {
+            if let Some(text) = value {
+                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    return Err(Error::invalid(format!(
+                        "column 'metadata': row {row} (id '{}') is not valid JSON: {e}",
+                        ids.value(row)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ListBuilder, Float64Builder, StringArray};
+
+    fn put(fields: Vec<Field>, columns: Vec<ArrayRef>) -> (Schema, Vec<RecordBatch>) {
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        ((*schema).clone(), vec![batch])
+    }
+
+    #[test]
+    fn list_vectors_become_fixed_size_and_json_text_is_tagged() {
+        let mut emb = ListBuilder::new(Float64Builder::new());
+        emb.values().append_slice(&[1.0, 2.0]);
+        emb.append(true);
+        emb.append(false);
+        let (schema, batches) = put(
+            vec![
+                Field::new(ID, DataType::LargeUtf8, true),
+                Field::new(EMBEDDING, DataType::List(Arc::new(Field::new("item", DataType::Float64, true))), true),
+                Field::new(METADATA, DataType::Utf8, true),
+            ],
+            vec![
+                Arc::new(arrow::array::LargeStringArray::from(vec!["a", "b"])),
+                Arc::new(emb.finish()),
+                Arc::new(StringArray::from(vec![Some("{\"x\": 1}"), None])),
+            ],
+        );
+        let ingest = prepare(&schema, batches, None).unwrap();
+        assert_eq!(ingest.dim, Some(2));
+        assert_eq!(ingest.schema.field(0), &Field::new(ID, DataType::Utf8, false));
+        assert_eq!(ingest.schema.field(1), &embedding_field(2));
+        assert_eq!(ingest.schema.field(2), &metadata_field());
+        let emb = ingest.batches[0].column(1).as_fixed_size_list();
+        assert!(emb.is_valid(0) && emb.is_null(1));
+    }
+
+    #[test]
+    fn every_row_rule_is_checked() {
+        let rows = |ids: Vec<Option<&str>>, types: Vec<&str>, meta: Vec<&str>| {
+            put(
+                vec![
+                    Field::new(ID, DataType::Utf8, true),
+                    Field::new(DATA_TYPE, DataType::Utf8, true),
+                    Field::new(METADATA, DataType::Utf8, true),
+                ],
+                vec![
+                    Arc::new(StringArray::from(ids)),
+                    Arc::new(StringArray::from(types)),
+                    Arc::new(StringArray::from(meta)),
+                ],
+            )
+        };
+        let (s, b) = rows(vec![Some("a"), None], vec!["text", "text"], vec!["{}", "{}"]);
+        assert!(prepare(&s, b, None).unwrap_err().message.contains("row 1 is null"));
+        let (s, b) = rows(vec![Some("a"), Some("a")], vec!["text", "text"], vec!["{}", "{}"]);
+        assert!(prepare(&s, b, None).unwrap_err().message.contains("more than once"));
+        let (s, b) = rows(vec![Some("a"), Some("b")], vec!["text", "audio"], vec!["{}", "{}"]);
+        assert!(prepare(&s, b, None).unwrap_err().message.contains("'text' or 'image'"));
+        let (s, b) = rows(vec![Some("a"), Some("b")], vec!["text", "image"], vec!["{}", "{oops"]);
+        assert!(prepare(&s, b, None).unwrap_err().message.contains("not valid JSON"));
+        let (s, b) = rows(vec![Some("a"), Some("b")], vec!["text", "image"], vec!["{}", "[1, 2]"]);
+        assert_eq!(prepare(&s, b, None).unwrap().rows, 2);
+    }
+
+    #[test]
+    fn an_existing_table_fixes_order_fills_nullable_gaps_and_refuses_strangers() {
+        let table = multimodal_schema(2);
+        let (s, b) = put(vec![Field::new(ID, DataType::Utf8, false)], vec![Arc::new(StringArray::from(vec!["a"]))]);
+        let ingest = prepare(&s, b, Some(&table)).unwrap();
+        assert_eq!(ingest.schema.fields().len(), 5);
+        assert!(ingest.batches[0].column(1).is_null(0));
+        let (s, b) = put(
+            vec![Field::new(ID, DataType::Utf8, false), Field::new("pages", DataType::Utf8, true)],
+            vec![Arc::new(StringArray::from(vec!["a"])), Arc::new(StringArray::from(vec!["x"]))],
+        );
+        assert!(prepare(&s, b, Some(&table)).unwrap_err().message.contains("'pages' is not in the table"));
+    }
+}

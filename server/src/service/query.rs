@@ -1,0 +1,296 @@
+//! Scans and exact k-nearest-neighbour searches.
+//!
+//! A search streams the (prefiltered) embedding column through `hyprstream-kernels`, keeps
+//! the k best Lance row ids, then fetches only those rows: memory is one batch of vectors
+//! plus k rows, and a filter can never starve the result of rows (k rows come back whenever
+//! k rows match).
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float32Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use futures::{stream, StreamExt, TryStreamExt};
+use hyprstream_kernels::{search_block, Neighbor, PreparedQuery, RowFilter, TopK};
+use hyprstream_proto::columns::{DATA_TYPE, DISTANCE, EMBEDDING, ID, METADATA};
+use hyprstream_proto::schema_keys::{METRIC, SEARCH_PATH};
+use hyprstream_proto::{Metric, Query, SearchHit};
+use lance::dataset::Dataset;
+
+use super::{table_dim, table_metric, validate_table_name, BatchStream, TableService};
+use crate::error::{Error, Result};
+use crate::store::{dataset_schema, ScanSpec};
+
+/// Largest k a search accepts.
+pub const MAX_K: usize = 100_000;
+const ROW_ID: &str = "_rowid";
+
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: BatchStream,
+}
+
+/// A validated query against one opened table version.
+struct Plan {
+    dataset: Dataset,
+    /// Columns the result carries (before `_distance`).
+    columns: Vec<String>,
+    schema: SchemaRef,
+    search: Option<SearchPlan>,
+}
+
+struct SearchPlan {
+    query: PreparedQuery,
+    metric: Metric,
+    k: usize,
+    /// Which engine answers (reported in the result's schema metadata).
+    path: SearchPath,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SearchPath {
+    /// The table's in-memory engine, kept in step with the latest version.
+    Memory,
+    /// A pinned older version: its vectors are streamed from Lance.
+    VersionScan,
+}
+
+impl SearchPath {
+    fn as_str(self) -> &'static str {
+        match self {
+            SearchPath::Memory => "exact_cpu",
+            SearchPath::VersionScan => "exact_cpu_scan",
+        }
+    }
+}
+
+fn kernel_metric(metric: Metric) -> hyprstream_kernels::Metric {
+    match metric {
+        Metric::Cosine => hyprstream_kernels::Metric::Cosine,
+        Metric::Dot => hyprstream_kernels::Metric::Dot,
+        Metric::L2 => hyprstream_kernels::Metric::L2,
+    }
+}
+
+impl TableService {
+    async fn plan(&self, q: &Query) -> Result<Plan> {
+        validate_table_name(&q.table)?;
+        let dataset = self.store().dataset(&q.table, q.version).await?;
+        let table_schema = dataset_schema(&dataset);
+
+        let mut columns: Vec<String> = match &q.columns {
+            None => table_schema.fields().iter().map(|f| f.name().clone()).collect(),
+            Some(cols) => {
+                if cols.is_empty() {
+                    return Err(Error::invalid("columns is empty: name at least one column, or leave the key out for all"));
+                }
+                cols.clone()
+            }
+        };
+        let wants_distance = columns.iter().any(|c| c == DISTANCE);
+        columns.retain(|c| c != DISTANCE);
+        for c in &columns {
+            if table_schema.field_with_name(c).is_err() {
+                return Err(Error::invalid(format!(
+                    "unknown column '{c}' in columns; table '{}' has: {}",
+                    q.table,
+                    table_schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let mut fields: Vec<Field> =
+            columns.iter().map(|c| table_schema.field_with_name(c).expect("checked").clone()).collect();
+
+        let search = match &q.vector {
+            None => {
+                if wants_distance {
+                    return Err(Error::invalid("'_distance' exists only in search results: add a \"vector\""));
+                }
+                if q.k.is_some() || q.metric.is_some() {
+                    return Err(Error::invalid("\"k\" and \"metric\" apply to searches: add a \"vector\""));
+                }
+                None
+            }
+            Some(vector) => {
+                if q.limit.is_some() {
+                    return Err(Error::invalid("\"limit\" applies to scans; a search returns \"k\" rows"));
+                }
+                let dim = table_dim(&table_schema).ok_or_else(|| {
+                    Error::invalid(format!("table '{}' has no fixed-size 'embedding' column to search", q.table))
+                })?;
+                if vector.len() != dim {
+                    return Err(Error::invalid(format!(
+                        "vector has {} values; table '{}' has dim {dim}",
+                        vector.len(),
+                        q.table
+                    )));
+                }
+                if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::invalid(format!("vector[{i}] is not finite ({}): every value must be finite", vector[i])));
+                }
+                let k = q.k.unwrap_or(Query::DEFAULT_K);
+                if k == 0 || k > MAX_K {
+                    return Err(Error::invalid(format!("k must be between 1 and {MAX_K}, got {k}")));
+                }
+                let metric = q.metric.unwrap_or_else(|| table_metric(&table_schema));
+                fields.push(Field::new(DISTANCE, DataType::Float32, false));
+                let path = if q.version.is_some() { SearchPath::VersionScan } else { SearchPath::Memory };
+                Some(SearchPlan { query: PreparedQuery::new(kernel_metric(metric), vector.clone()), metric, k, path })
+            }
+        };
+        let mut metadata = HashMap::new();
+        if let Some(s) = &search {
+            metadata.insert(SEARCH_PATH.to_string(), s.path.as_str().to_string());
+            metadata.insert(METRIC.to_string(), s.metric.as_str().to_string());
+        }
+        let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+        Ok(Plan { dataset, columns, schema, search })
+    }
+
+    /// The schema `q` would return, without running it.
+    pub async fn query_schema(&self, q: &Query) -> Result<SchemaRef> {
+        let plan = self.plan(q).await?;
+        if let Some(filter) = &q.filter {
+            // Plans the filter (no rows are read) so a bad one is reported here too.
+            let spec = ScanSpec { filter: Some(filter.clone()), columns: Some(vec![ID.to_string()]), limit: Some(0), with_row_id: false };
+            let (_schema, _unread_rows) = self.store().scan(&plan.dataset, &spec).await?;
+        }
+        Ok(plan.schema)
+    }
+
+    /// Runs a scan or a search.
+    pub async fn query(&self, q: &Query) -> Result<QueryOutput> {
+        let plan = self.plan(q).await?;
+        match plan.search {
+            None => {
+                let spec = ScanSpec { filter: q.filter.clone(), columns: Some(plan.columns.clone()), limit: q.limit, with_row_id: false };
+                let (_, batches) = self.store().scan(&plan.dataset, &spec).await?;
+                // Same columns, the result's own schema (Lance's carries table metadata).
+                let schema = plan.schema.clone();
+                let batches = batches
+                    .map(move |b| b.and_then(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(Error::from)))
+                    .boxed();
+                Ok(QueryOutput { schema: plan.schema, batches })
+            }
+            Some(ref search) => {
+                let (hits, dataset) = match search.path {
+                    SearchPath::Memory => self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone()).await?,
+                    SearchPath::VersionScan => {
+                        (self.search_scan(&plan.dataset, search, q.filter.clone()).await?, plan.dataset.clone())
+                    }
+                };
+                let batch = self.hit_rows(&plan, &dataset, &hits).await?;
+                Ok(QueryOutput { schema: plan.schema, batches: stream::iter([Ok(batch)]).boxed() })
+            }
+        }
+    }
+
+    /// Search through the table's in-memory engine, first brought up to the latest version.
+    /// Returns the hits and the dataset version they refer to.
+    async fn search_memory(
+        &self,
+        table: &str,
+        mut dataset: Dataset,
+        search: &SearchPlan,
+        filter: Option<String>,
+    ) -> Result<(Vec<Neighbor>, Dataset)> {
+        let slot = self.engines.slot(table, search.query.metric());
+        let mut engine = slot.write().await;
+        if engine.as_ref().is_some_and(|e| e.version > dataset.version().version) {
+            // Another search already synced past the version we opened: use the newer one.
+            dataset = self.store().dataset(table, None).await?;
+        }
+        super::engine::sync(&mut engine, &dataset, search.query.dim(), search.query.metric()).await?;
+        let engine = engine.downgrade();
+        let row_filter = match filter {
+            None => None,
+            Some(f) => Some(self.filter_rows(&dataset, f).await?),
+        };
+        let index = &engine.as_ref().expect("synced").index;
+        let hits = tokio::task::block_in_place(|| index.search(search.query.vector(), search.k, row_filter.as_ref()));
+        Ok((hits, dataset))
+    }
+
+    /// The row ids a filter admits (the prefilter of a search).
+    async fn filter_rows(&self, dataset: &Dataset, filter: String) -> Result<RowFilter> {
+        let spec = ScanSpec { filter: Some(filter), columns: Some(Vec::new()), limit: None, with_row_id: true };
+        let (_, mut batches) = self.store().scan(dataset, &spec).await?;
+        let mut ids = Vec::new();
+        while let Some(batch) = batches.try_next().await? {
+            let column = batch.column_by_name(ROW_ID).expect("with_row_id");
+            ids.extend_from_slice(column.as_primitive::<arrow::datatypes::UInt64Type>().values());
+        }
+        Ok(RowFilter::new(ids))
+    }
+
+    /// Search of a pinned version: stream its (prefiltered) vectors through the kernels.
+    async fn search_scan(&self, dataset: &Dataset, search: &SearchPlan, filter: Option<String>) -> Result<Vec<Neighbor>> {
+        let spec = ScanSpec { filter, columns: Some(vec![EMBEDDING.to_string()]), limit: None, with_row_id: true };
+        let (_, mut batches) = self.store().scan(dataset, &spec).await?;
+        let mut top = TopK::new(search.k);
+        let mut scratch = Vec::new();
+        let mut valid = Vec::new();
+        while let Some(batch) = batches.try_next().await? {
+            let vectors = batch.column_by_name(EMBEDDING).expect("projected").as_fixed_size_list();
+            let row_ids = batch.column_by_name(ROW_ID).expect("with_row_id").as_primitive::<arrow::datatypes::UInt64Type>();
+            let dim = search.query.dim();
+            let start = vectors.value_offset(0) as usize;
+            let values = vectors.values().as_primitive::<arrow::datatypes::Float32Type>();
+            let matrix = &values.values()[start..start + vectors.len() * dim];
+            valid.clear();
+            valid.extend((0..vectors.len()).map(|i| vectors.is_valid(i)));
+            tokio::task::block_in_place(|| {
+                search_block(&search.query, matrix, Some(&valid), Some(row_ids.values()), 0, &mut scratch, &mut top)
+            });
+        }
+        Ok(top.into_sorted())
+    }
+
+    /// The requested columns of the hit rows, best first, with `_distance`.
+    async fn hit_rows(&self, plan: &Plan, dataset: &Dataset, hits: &[Neighbor]) -> Result<RecordBatch> {
+        let row_ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
+        let mut columns: Vec<Arc<dyn Array>> = if plan.columns.is_empty() || hits.is_empty() {
+            plan.schema.fields().iter().take(plan.columns.len()).map(|f| arrow::array::new_empty_array(f.data_type())).collect()
+        } else {
+            self.store().take_rows(dataset, &row_ids, &plan.columns).await?.columns().to_vec()
+        };
+        columns.push(Arc::new(Float32Array::from_iter_values(hits.iter().map(|h| h.distance))));
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(hits.len()));
+        RecordBatch::try_new_with_options(plan.schema.clone(), columns, &options).map_err(Error::from)
+    }
+
+    /// The `search` action: hits as JSON-friendly structs.
+    pub async fn search_hits(&self, q: &Query) -> Result<Vec<SearchHit>> {
+        if q.vector.is_none() {
+            return Err(Error::invalid("the search action needs a \"vector\""));
+        }
+        validate_table_name(&q.table)?;
+        let table_schema = dataset_schema(&self.store().dataset(&q.table, q.version).await?);
+        let mut q = q.clone();
+        q.columns = Some(
+            [ID, DATA_TYPE, METADATA]
+                .iter()
+                .filter(|c| table_schema.field_with_name(c).is_ok())
+                .map(|c| c.to_string())
+                .collect(),
+        );
+        let output = self.query(&q).await?;
+        let batches: Vec<RecordBatch> = output.batches.try_collect().await?;
+        let mut hits = Vec::new();
+        for batch in &batches {
+            let ids = batch.column_by_name(ID).map(|c| c.as_string::<i32>());
+            let types = batch.column_by_name(DATA_TYPE).map(|c| c.as_string::<i32>());
+            let metas = batch.column_by_name(METADATA).map(|c| c.as_string::<i32>());
+            let distances = batch.column_by_name(DISTANCE).expect("search result").as_primitive::<arrow::datatypes::Float32Type>();
+            for row in 0..batch.num_rows() {
+                let text = |c: Option<&arrow::array::StringArray>| c.filter(|c| c.is_valid(row)).map(|c| c.value(row).to_string());
+                hits.push(SearchHit {
+                    id: text(ids).unwrap_or_default(),
+                    distance: distances.value(row),
+                    data_type: text(types),
+                    metadata: text(metas).and_then(|m| serde_json::from_str(&m).ok()),
+                });
+            }
+        }
+        Ok(hits)
+    }
+}

@@ -1,0 +1,315 @@
+//! Lance storage: each table is one Lance dataset, `<data-dir>/<table>.lance`.
+//!
+//! This layer knows Lance and Arrow, not gRPC or the Hyprstream table rules: it writes,
+//! reads, versions and deletes datasets, and turns Lance's errors into domain errors.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{RecordBatch, RecordBatchIterator};
+use arrow_schema::SchemaRef;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use lance::dataset::builder::DatasetBuilder;
+use lance::dataset::{Dataset, MergeInsertBuilder, WhenMatched, WhenNotMatched, WriteMode, WriteParams};
+use lance::index::DatasetIndexExt;
+use lance::session::Session;
+
+use crate::error::{Error, Result};
+
+mod errors;
+pub use errors::lance_error;
+
+const DATASET_SUFFIX: &str = ".lance";
+
+/// What a scan reads.
+#[derive(Debug, Default, Clone)]
+pub struct ScanSpec {
+    pub filter: Option<String>,
+    pub columns: Option<Vec<String>>,
+    pub limit: Option<u64>,
+    /// Adds Lance's `_rowid` column (stable row ids, used to fetch search results).
+    pub with_row_id: bool,
+}
+
+/// How a merge on the key column treats rows whose key is already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMatch {
+    Replace,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeCounts {
+    pub inserted: u64,
+    pub updated: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub index_type: String,
+}
+
+pub struct Store {
+    root: PathBuf,
+    /// Shared caches (metadata, indexes) for every dataset this server opens.
+    session: Arc<Session>,
+}
+
+impl Store {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| {
+            Error::internal(format!("cannot create data directory {}: {e}", root.display()))
+        })?;
+        Ok(Store { root, session: Arc::new(Session::default()) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, table: &str) -> PathBuf {
+        self.root.join(format!("{table}{DATASET_SUFFIX}"))
+    }
+
+    fn uri(&self, table: &str) -> String {
+        self.path(table).to_string_lossy().into_owned()
+    }
+
+    pub fn exists(&self, table: &str) -> bool {
+        self.path(table).join("_versions").is_dir()
+    }
+
+    /// Table names, sorted: every `<name>.lance` dataset directory under the root.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let entries = std::fs::read_dir(&self.root).map_err(|e| {
+            Error::internal(format!("cannot read data directory {}: {e}", self.root.display()))
+        })?;
+        let mut names: Vec<String> = entries
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let table = name.strip_suffix(DATASET_SUFFIX)?.to_string();
+                self.exists(&table).then_some(table)
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens the latest version, or `version` when given.
+    pub async fn dataset(&self, table: &str, version: Option<u64>) -> Result<Dataset> {
+        if !self.exists(table) {
+            return Err(Error::not_found(format!("table '{table}' does not exist")));
+        }
+        let mut builder = DatasetBuilder::from_uri(self.uri(table)).with_session(self.session.clone());
+        if let Some(v) = version {
+            builder = builder.with_version(v);
+        }
+        builder.load().await.map_err(|e| match version {
+            // The table exists (checked above), so a missing manifest means a missing version.
+            Some(v) if matches!(
+                e,
+                lance::Error::VersionNotFound { .. } | lance::Error::NotFound { .. } | lance::Error::DatasetNotFound { .. }
+            ) => {
+                Error::not_found(format!("table '{table}' has no version {v} (see the `versions` action)"))
+            }
+            _ => lance_error(e),
+        })
+    }
+
+    fn params(&self, mode: WriteMode) -> WriteParams {
+        WriteParams { mode, session: Some(self.session.clone()), ..Default::default() }
+    }
+
+    /// Writes `batches` as a new version: a new table (Create), added rows (Append), or the
+    /// table's whole new content (Overwrite). One commit: all rows or none.
+    pub async fn write(
+        &self,
+        table: &str,
+        mode: WriteMode,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Dataset> {
+        let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        Dataset::write(reader, self.uri(table).as_str(), Some(self.params(mode)))
+            .await
+            .map_err(|e| match e {
+                lance::Error::DatasetAlreadyExists { .. } => {
+                    Error::already_exists(format!("table '{table}' already exists"))
+                }
+                e => lance_error(e),
+            })
+    }
+
+    /// Inserts rows whose `key` is new; rows whose key is stored are replaced (or fail the
+    /// whole merge). One commit.
+    pub async fn merge(
+        &self,
+        dataset: Dataset,
+        key: &str,
+        on_match: OnMatch,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(Dataset, MergeCounts)> {
+        let mut builder = MergeInsertBuilder::try_new(Arc::new(dataset), vec![key.to_string()])
+            .map_err(lance_error)?;
+        builder
+            .when_matched(match on_match {
+                OnMatch::Replace => WhenMatched::UpdateAll,
+                OnMatch::Fail => WhenMatched::Fail,
+            })
+            .when_not_matched(WhenNotMatched::InsertAll);
+        let job = builder.try_build().map_err(lance_error)?;
+        let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let (dataset, stats) = job.execute_reader(reader).await.map_err(|e| match on_match {
+            // Lance reports a key collision under WhenMatched::Fail only in its message.
+            OnMatch::Fail if e.to_string().contains("found matching row") => Error::already_exists(format!(
+                "append: some `{key}` values already exist in the table; use mode \"upsert\" to replace them"
+            )),
+            _ => lance_error(e),
+        })?;
+        let dataset = Arc::try_unwrap(dataset).unwrap_or_else(|d| (*d).clone());
+        Ok((dataset, MergeCounts { inserted: stats.num_inserted_rows, updated: stats.num_updated_rows }))
+    }
+
+    /// Deletes the rows matching `filter`; returns how many and the new dataset.
+    pub async fn delete(&self, mut dataset: Dataset, filter: &str) -> Result<(u64, Dataset)> {
+        let result = dataset.delete(filter).await.map_err(|e| lance_query_error(e, filter))?;
+        let dataset = Arc::try_unwrap(result.new_dataset).unwrap_or_else(|d| (*d).clone());
+        Ok((result.num_deleted_rows, dataset))
+    }
+
+    /// Makes `version` the latest, as a new version.
+    pub async fn restore(&self, table: &str, version: u64) -> Result<Dataset> {
+        let mut old = self.dataset(table, Some(version)).await?;
+        old.restore().await.map_err(lance_error)?;
+        self.dataset(table, None).await
+    }
+
+    /// Removes the table's directory and every version in it.
+    pub async fn drop_table(&self, table: &str) -> Result<()> {
+        if !self.exists(table) {
+            return Err(Error::not_found(format!("table '{table}' does not exist")));
+        }
+        tokio::fs::remove_dir_all(self.path(table))
+            .await
+            .map_err(|e| Error::internal(format!("cannot remove table '{table}': {e}")))
+    }
+
+    pub async fn versions(&self, dataset: &Dataset) -> Result<Vec<lance::dataset::Version>> {
+        let mut versions = dataset.versions().await.map_err(lance_error)?;
+        versions.sort_by_key(|v| v.version);
+        Ok(versions)
+    }
+
+    pub async fn count_rows(&self, dataset: &Dataset, filter: Option<String>) -> Result<u64> {
+        let f = filter.clone();
+        dataset
+            .count_rows(filter)
+            .await
+            .map(|n| n as u64)
+            .map_err(|e| match f {
+                Some(f) => lance_query_error(e, &f),
+                None => lance_error(e),
+            })
+    }
+
+    pub async fn indexes(&self, dataset: &Dataset) -> Result<Vec<IndexEntry>> {
+        let indexes = dataset.load_indices().await.map_err(lance_error)?;
+        let schema = dataset.schema();
+        Ok(indexes
+            .iter()
+            .map(|index| IndexEntry {
+                name: index.name.clone(),
+                columns: index
+                    .fields
+                    .iter()
+                    .filter_map(|id| schema.field_by_id(*id).map(|f| f.name.clone()))
+                    .collect(),
+                index_type: index
+                    .index_details
+                    .as_ref()
+                    .map(|d| d.type_url.rsplit('.').next().unwrap_or_default().to_string())
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Streams the rows of `dataset` that `spec` selects. Errors in the filter or column
+    /// list surface here, before any row is sent.
+    pub async fn scan(
+        &self,
+        dataset: &Dataset,
+        spec: &ScanSpec,
+    ) -> Result<(SchemaRef, BoxStream<'static, Result<RecordBatch>>)> {
+        let mut scanner = dataset.scan();
+        if let Some(columns) = &spec.columns {
+            scanner.project(columns).map_err(|e| Error::invalid(format!("columns: {}", short(&e))))?;
+        }
+        if let Some(filter) = &spec.filter {
+            scanner.filter(filter).map_err(|e| lance_query_error(e, filter))?;
+        }
+        if let Some(limit) = spec.limit {
+            let limit = i64::try_from(limit).map_err(|_| Error::invalid("limit is too large"))?;
+            scanner.limit(Some(limit), None).map_err(lance_error)?;
+        }
+        if spec.with_row_id {
+            scanner.with_row_id();
+        }
+        let query_error = |e| match &spec.filter {
+            Some(f) => lance_query_error(e, f),
+            None => lance_error(e),
+        };
+        let schema = scanner.schema().await.map_err(query_error)?;
+        let stream = scanner.try_into_stream().await.map_err(query_error)?;
+        let stream = stream.map_err(lance_error).and_then(|batch| async move { client_batch(batch) });
+        Ok((Arc::new(client_schema(&schema)), stream.boxed()))
+    }
+
+    /// The rows with these Lance row ids, in the given order.
+    pub async fn take_rows(&self, dataset: &Dataset, row_ids: &[u64], columns: &[String]) -> Result<RecordBatch> {
+        let projection = lance::dataset::ProjectionRequest::from_columns(columns, dataset.schema());
+        client_batch(dataset.take_rows(row_ids, projection).await.map_err(lance_error)?)
+    }
+}
+
+/// A Lance error raised while planning a user's filter: almost always the filter itself.
+fn lance_query_error(e: lance::Error, filter: &str) -> Error {
+    let mapped = lance_error(e);
+    if mapped.kind == crate::error::ErrorKind::Internal && !mapped.message.contains("I/O") {
+        Error::invalid(format!("invalid filter '{filter}': {}", mapped.message))
+    } else if mapped.kind == crate::error::ErrorKind::InvalidArgument {
+        Error::invalid(format!("invalid filter '{filter}': {}", mapped.message))
+    } else {
+        mapped
+    }
+}
+
+fn short(e: &lance::Error) -> String {
+    errors::strip_location(&e.to_string())
+}
+
+/// The schema clients see: Lance keeps JSON columns as JSONB (`lance.json` on large_binary);
+/// clients get them back as `arrow.json` text, the form they sent.
+pub fn client_schema(schema: &arrow_schema::Schema) -> arrow_schema::Schema {
+    let fields: Vec<arrow_schema::Field> =
+        schema.fields().iter().map(|f| lance_arrow::json::lance_json_to_arrow_json(f)).collect();
+    arrow_schema::Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// A batch in the form clients see (see [`client_schema`]).
+pub fn client_batch(batch: RecordBatch) -> Result<RecordBatch> {
+    let has_jsonb = batch.schema().fields().iter().any(|f| lance_arrow::json::is_json_field(f));
+    if !has_jsonb {
+        return Ok(batch);
+    }
+    lance_arrow::json::convert_lance_json_to_arrow(&batch)
+        .map_err(|e| Error::internal(format!("cannot decode a JSON column: {e}")))
+}
+
+/// The dataset's schema as clients see it.
+pub fn dataset_schema(dataset: &Dataset) -> arrow_schema::Schema {
+    client_schema(&arrow_schema::Schema::from(dataset.schema()))
+}
