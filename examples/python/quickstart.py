@@ -30,8 +30,9 @@ table = pa.table(
 w, r = c.do_put(flight.FlightDescriptor.for_path("quickstart"), table.schema)
 w.write_table(table)
 w.done_writing()
-print("put:", json.loads(r.read().to_pybytes()))
-w.close()
+result = r.read()
+w.close()  # raises the server's error (e.g. pa.ArrowInvalid) if the put was refused
+print("put:", json.loads(result.to_pybytes()))
 
 # DoGet: a scan ...
 rows = c.do_get(flight.Ticket(json.dumps({"table": "quickstart", "limit": 3}))).read_all()

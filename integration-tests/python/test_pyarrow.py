@@ -31,9 +31,9 @@ def put(client, name, table):
     w, r = client.do_put(flight.FlightDescriptor.for_path(name), table.schema)
     w.write_table(table)
     w.done_writing()
-    result = json.loads(r.read().to_pybytes())
-    w.close()
-    return result
+    result = r.read()
+    w.close()  # raises the server's error, if the put was refused
+    return json.loads(result.to_pybytes())
 
 
 def get(client, ticket):
