@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub mod error;
 pub mod flight;
@@ -64,7 +64,9 @@ pub async fn serve(
         .add_service(flight)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // No Nagle: a DoGet answer is several small writes (schema, batches, trailers), and
+        // Nagle + delayed ACK would hold each reply back ~40 ms.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .map_err(|e| anyhow_lite::msg(format!("server error: {e}")))?;
     tracing::info!("hyprstream-server stopped");

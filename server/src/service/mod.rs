@@ -178,7 +178,7 @@ impl TableService {
         }
         let _guard = self.write_lock(&req.table).await;
         let dataset = self.open(&req.table, None).await?;
-        let (deleted, dataset) = self.store.delete(dataset, &req.filter).await?;
+        let (deleted, dataset) = self.store.delete(&req.table, dataset, &req.filter).await?;
         tracing::info!(table = %req.table, deleted, version = dataset.version().version, "rows deleted");
         Ok(DeleteSummary { table: req.table, deleted, version: dataset.version().version })
     }

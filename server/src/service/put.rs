@@ -50,7 +50,7 @@ impl TableService {
                 }
                 let on_match = if mode == PutMode::Append { OnMatch::Fail } else { OnMatch::Replace };
                 let (dataset, counts) =
-                    self.store().merge(dataset, ID, on_match, ingest.schema, ingest.batches).await?;
+                    self.store().merge(table, dataset, ID, on_match, ingest.schema, ingest.batches).await?;
                 PutSummary {
                     table: table.to_string(),
                     inserted: counts.inserted,

@@ -54,6 +54,10 @@ pub struct Store {
     root: PathBuf,
     /// Shared caches (metadata, indexes) for every dataset this server opens.
     session: Arc<Session>,
+    /// The latest version of each table this server has opened or written. Every write goes
+    /// through this store and refreshes its entry, so a read of the latest version needs no
+    /// trip to the manifest (that trip was most of a small query's latency).
+    latest: std::sync::Mutex<std::collections::HashMap<String, Dataset>>,
 }
 
 impl Store {
@@ -62,7 +66,7 @@ impl Store {
         std::fs::create_dir_all(&root).map_err(|e| {
             Error::internal(format!("cannot create data directory {}: {e}", root.display()))
         })?;
-        Ok(Store { root, session: Arc::new(Session::default()) })
+        Ok(Store { root, session: Arc::new(Session::default()), latest: Default::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -98,16 +102,34 @@ impl Store {
         Ok(names)
     }
 
+    fn remember(&self, table: &str, dataset: &Dataset) {
+        let mut latest = self.latest.lock().expect("dataset cache poisoned");
+        let newer = latest.get(table).is_none_or(|d| d.version().version <= dataset.version().version);
+        if newer {
+            latest.insert(table.to_string(), dataset.clone());
+        }
+    }
+
+    fn forget(&self, table: &str) {
+        self.latest.lock().expect("dataset cache poisoned").remove(table);
+    }
+
     /// Opens the latest version, or `version` when given.
     pub async fn dataset(&self, table: &str, version: Option<u64>) -> Result<Dataset> {
         if !self.exists(table) {
+            self.forget(table);
             return Err(Error::not_found(format!("table '{table}' does not exist")));
+        }
+        if version.is_none() {
+            if let Some(d) = self.latest.lock().expect("dataset cache poisoned").get(table) {
+                return Ok(d.clone());
+            }
         }
         let mut builder = DatasetBuilder::from_uri(self.uri(table)).with_session(self.session.clone());
         if let Some(v) = version {
             builder = builder.with_version(v);
         }
-        builder.load().await.map_err(|e| match version {
+        let dataset = builder.load().await.map_err(|e| match version {
             // The table exists (checked above), so a missing manifest means a missing version.
             Some(v) if matches!(
                 e,
@@ -116,7 +138,11 @@ impl Store {
                 Error::not_found(format!("table '{table}' has no version {v} (see the `versions` action)"))
             }
             _ => lance_error(e),
-        })
+        })?;
+        if version.is_none() {
+            self.remember(table, &dataset);
+        }
+        Ok(dataset)
     }
 
     fn params(&self, mode: WriteMode) -> WriteParams {
@@ -132,21 +158,29 @@ impl Store {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<Dataset> {
+        let creating = matches!(mode, WriteMode::Create);
         let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
-        Dataset::write(reader, self.uri(table).as_str(), Some(self.params(mode)))
+        let dataset = Dataset::write(reader, self.uri(table).as_str(), Some(self.params(mode)))
             .await
             .map_err(|e| match e {
                 lance::Error::DatasetAlreadyExists { .. } => {
                     Error::already_exists(format!("table '{table}' already exists"))
                 }
                 e => lance_error(e),
-            })
+            })?;
+        if creating {
+            // A table of this name may have been dropped and made again.
+            self.forget(table);
+        }
+        self.remember(table, &dataset);
+        Ok(dataset)
     }
 
     /// Inserts rows whose `key` is new; rows whose key is stored are replaced (or fail the
     /// whole merge). One commit.
     pub async fn merge(
         &self,
+        table: &str,
         dataset: Dataset,
         key: &str,
         on_match: OnMatch,
@@ -171,13 +205,15 @@ impl Store {
             _ => lance_error(e),
         })?;
         let dataset = Arc::try_unwrap(dataset).unwrap_or_else(|d| (*d).clone());
+        self.remember(table, &dataset);
         Ok((dataset, MergeCounts { inserted: stats.num_inserted_rows, updated: stats.num_updated_rows }))
     }
 
     /// Deletes the rows matching `filter`; returns how many and the new dataset.
-    pub async fn delete(&self, mut dataset: Dataset, filter: &str) -> Result<(u64, Dataset)> {
+    pub async fn delete(&self, table: &str, mut dataset: Dataset, filter: &str) -> Result<(u64, Dataset)> {
         let result = dataset.delete(filter).await.map_err(|e| lance_query_error(e, filter))?;
         let dataset = Arc::try_unwrap(result.new_dataset).unwrap_or_else(|d| (*d).clone());
+        self.remember(table, &dataset);
         Ok((result.num_deleted_rows, dataset))
     }
 
@@ -185,6 +221,7 @@ impl Store {
     pub async fn restore(&self, table: &str, version: u64) -> Result<Dataset> {
         let mut old = self.dataset(table, Some(version)).await?;
         old.restore().await.map_err(lance_error)?;
+        self.forget(table);
         self.dataset(table, None).await
     }
 
@@ -193,6 +230,7 @@ impl Store {
         if !self.exists(table) {
             return Err(Error::not_found(format!("table '{table}' does not exist")));
         }
+        self.forget(table);
         tokio::fs::remove_dir_all(self.path(table))
             .await
             .map_err(|e| Error::internal(format!("cannot remove table '{table}': {e}")))
