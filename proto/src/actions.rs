@@ -52,6 +52,16 @@ pub const ACTIONS: &[ActionSpec] = &[
         example: r#"{"table": "sherlock_data", "version": 2}"#,
     },
     ActionSpec {
+        name: "create_index",
+        description: "Build an index through Lance (streams progress): ivf_pq, ivf_hnsw_sq, ivf_flat on embedding; btree, bitmap on a scalar column.",
+        example: r#"{"table": "sherlock_data", "type": "ivf_hnsw_sq", "num_partitions": 16}"#,
+    },
+    ActionSpec {
+        name: "optimize",
+        description: "Compact small fragments and fold rows added since an index was built into it.",
+        example: r#"{"table": "sherlock_data"}"#,
+    },
+    ActionSpec {
         name: "health",
         description: "Server version, uptime and table count.",
         example: "{}",
@@ -69,6 +79,8 @@ pub mod names {
     pub const VERSIONS: &str = "versions";
     pub const RESTORE: &str = "restore";
     pub const HEALTH: &str = "health";
+    pub const CREATE_INDEX: &str = "create_index";
+    pub const OPTIMIZE: &str = "optimize";
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -108,3 +120,47 @@ pub struct Restore {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NoArgs {}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexKind {
+    IvfPq,
+    IvfHnswSq,
+    IvfFlat,
+    Btree,
+    Bitmap,
+}
+
+impl IndexKind {
+    pub fn is_vector(self) -> bool {
+        matches!(self, IndexKind::IvfPq | IndexKind::IvfHnswSq | IndexKind::IvfFlat)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIndex {
+    pub table: String,
+    #[serde(rename = "type")]
+    pub kind: IndexKind,
+    /// Default `embedding` for vector indexes; required for scalar ones.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Vector indexes: default the table's metric.
+    #[serde(default)]
+    pub metric: Option<Metric>,
+    /// IVF partitions (default ≈ √rows).
+    #[serde(default)]
+    pub num_partitions: Option<usize>,
+    /// PQ sub-vectors (must divide dim; default dim/16 or the nearest that divides).
+    #[serde(default)]
+    pub num_sub_vectors: Option<usize>,
+    /// HNSW edges per node (default 20).
+    #[serde(default)]
+    pub m: Option<usize>,
+    /// HNSW build breadth (default 150).
+    #[serde(default)]
+    pub ef_construction: Option<usize>,
+    #[serde(default)]
+    pub name: Option<String>,
+}

@@ -58,6 +58,18 @@ pub struct Query {
     /// Search: metric (default the table's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<Metric>,
+    /// Search: `false` lets a vector index (ANN) answer; default `true` (exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<bool>,
+    /// ANN: IVF partitions to probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nprobes: Option<usize>,
+    /// ANN: HNSW search breadth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef: Option<usize>,
+    /// ANN: re-rank `refine × k` candidates with exact distances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<u32>,
 }
 
 impl Query {

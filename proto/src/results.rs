@@ -94,3 +94,23 @@ pub struct Health {
     pub uptime_secs: f64,
     pub tables: usize,
 }
+
+/// One message of `create_index`'s result stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct IndexProgress {
+    /// `started`, then `done`.
+    pub stage: String,
+    pub table: String,
+    pub index: Option<IndexInfo>,
+    /// The table version with the index (on `done`).
+    pub version: Option<u64>,
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OptimizeSummary {
+    pub table: String,
+    pub fragments_removed: u64,
+    pub fragments_added: u64,
+    pub version: u64,
+}

@@ -4,5 +4,6 @@
 mod common;
 mod errors;
 mod flight_surface;
+mod indexes;
 mod ingest_search;
 mod lifecycle;

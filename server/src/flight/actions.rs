@@ -1,16 +1,23 @@
 //! DoAction: action name + JSON body → a domain call → JSON result bodies.
 use bytes::Bytes;
-use hyprstream_proto::actions::{names, CreateTable, Delete, NoArgs, Restore, TableRef};
-use hyprstream_proto::ACTIONS;
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use hyprstream_proto::actions::{names, CreateIndex, CreateTable, Delete, NoArgs, Restore, TableRef};
+use hyprstream_proto::{IndexProgress, ACTIONS};
 
 use super::encode::json_bytes;
 use super::request::{parse_json, parse_query};
 use crate::error::{Error, Result};
 use crate::service::TableService;
 
-/// Runs one action; each returned body is one Flight `Result` (most actions return one).
-pub async fn run(tables: &TableService, name: &str, body: &[u8]) -> Result<Vec<Bytes>> {
+/// Runs one action; each item of the stream is one Flight `Result`. Most actions answer
+/// once; `create_index` reports `started` at once and `done` when the build commits.
+pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<BoxStream<'static, Result<Bytes>>> {
     let what = format!("action '{name}' body");
+    if name == names::CREATE_INDEX {
+        return create_index(tables.clone(), parse_json::<CreateIndex>(&what, body)?).await;
+    }
     let result = match name {
         names::CREATE_TABLE => json_bytes(&tables.create_table(parse_json::<CreateTable>(&what, body)?).await?),
         names::DROP_TABLE => json_bytes(&tables.drop_table(&parse_json::<TableRef>(&what, body)?.name).await?),
@@ -23,6 +30,7 @@ pub async fn run(tables: &TableService, name: &str, body: &[u8]) -> Result<Vec<B
         names::SEARCH => json_bytes(&tables.search_hits(&parse_query(&what, body)?).await?),
         names::VERSIONS => json_bytes(&tables.versions(&parse_json::<TableRef>(&what, body)?.name).await?),
         names::RESTORE => json_bytes(&tables.restore(parse_json::<Restore>(&what, body)?).await?),
+        names::OPTIMIZE => json_bytes(&tables.optimize(&parse_json::<TableRef>(&what, body)?.name).await?),
         names::HEALTH => {
             parse_json::<NoArgs>(&what, body)?;
             json_bytes(&tables.health()?)
@@ -32,5 +40,17 @@ pub async fn run(tables: &TableService, name: &str, body: &[u8]) -> Result<Vec<B
             ACTIONS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
         ))),
     }?;
-    Ok(vec![result])
+    Ok(stream::once(async { Ok(result) }).boxed())
+}
+
+async fn create_index(tables: Arc<TableService>, req: CreateIndex) -> Result<BoxStream<'static, Result<Bytes>>> {
+    // Refuse an unknown table now, as a status on the call, not mid-stream.
+    tables.describe(&req.table).await?;
+    let started = IndexProgress { stage: "started".into(), table: req.table.clone(), index: None, version: None, seconds: 0.0 };
+    let first = json_bytes(&started)?;
+    let build = async move {
+        let (index, version, seconds) = tables.create_index(req.clone()).await?;
+        json_bytes(&IndexProgress { stage: "done".into(), table: req.table, index: Some(index), version: Some(version), seconds })
+    };
+    Ok(stream::once(async { Ok(first) }).chain(stream::once(build)).boxed())
 }

@@ -191,8 +191,8 @@ impl FlightService for HyprstreamFlight {
             tracing::debug!(action = %action.r#type, error = %e, "action refused");
             to_status(e)
         })?;
-        let results = bodies.into_iter().map(|body| Ok(arrow_flight::Result { body }));
-        Ok(Response::new(stream::iter(results).boxed()))
+        let results = bodies.map(|body| body.map(|body| arrow_flight::Result { body }).map_err(to_status));
+        Ok(Response::new(results.boxed()))
     }
 
     async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {

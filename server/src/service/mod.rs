@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::store::{dataset_schema, Store};
 
 mod engine;
+mod indexes;
 pub mod ingest;
 mod put;
 mod query;
@@ -76,7 +77,7 @@ impl TableService {
     }
 
     /// Serialises writers of one table; readers never wait.
-    async fn write_lock(&self, table: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn write_lock(&self, table: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.write_locks.lock().expect("write-lock map poisoned");
             locks.entry(table.to_string()).or_default().clone()

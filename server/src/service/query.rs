@@ -18,7 +18,7 @@ use lance::dataset::Dataset;
 
 use super::{table_dim, table_metric, validate_table_name, BatchStream, TableService};
 use crate::error::{Error, Result};
-use crate::store::{dataset_schema, ScanSpec};
+use crate::store::{dataset_schema, AnnQuery, ScanSpec};
 
 /// Largest k a search accepts.
 pub const MAX_K: usize = 100_000;
@@ -52,6 +52,8 @@ enum SearchPath {
     Memory,
     /// A pinned older version: its vectors are streamed from Lance.
     VersionScan,
+    /// A Lance vector index (`"exact": false` on an indexed table).
+    Ann,
 }
 
 impl SearchPath {
@@ -59,6 +61,7 @@ impl SearchPath {
         match self {
             SearchPath::Memory => "exact_cpu",
             SearchPath::VersionScan => "exact_cpu_scan",
+            SearchPath::Ann => "ann",
         }
     }
 }
@@ -100,13 +103,16 @@ impl TableService {
         let mut fields: Vec<Field> =
             columns.iter().map(|c| table_schema.field_with_name(c).expect("checked").clone()).collect();
 
+        let ann_knobs = q.nprobes.is_some() || q.ef.is_some() || q.refine.is_some();
         let search = match &q.vector {
             None => {
                 if wants_distance {
                     return Err(Error::invalid("'_distance' exists only in search results: add a \"vector\""));
                 }
-                if q.k.is_some() || q.metric.is_some() {
-                    return Err(Error::invalid("\"k\" and \"metric\" apply to searches: add a \"vector\""));
+                if q.k.is_some() || q.metric.is_some() || q.exact.is_some() || ann_knobs {
+                    return Err(Error::invalid(
+                        "\"k\", \"metric\", \"exact\", \"nprobes\", \"ef\" and \"refine\" apply to searches: add a \"vector\"",
+                    ));
                 }
                 None
             }
@@ -133,7 +139,16 @@ impl TableService {
                 }
                 let metric = q.metric.unwrap_or_else(|| table_metric(&table_schema));
                 fields.push(Field::new(DISTANCE, DataType::Float32, false));
-                let path = if q.version.is_some() { SearchPath::VersionScan } else { SearchPath::Memory };
+                if ann_knobs && q.exact != Some(false) {
+                    return Err(Error::invalid("\"nprobes\", \"ef\" and \"refine\" tune ANN searches: add \"exact\": false"));
+                }
+                let path = if q.exact == Some(false) && self.store().has_vector_index(&dataset, EMBEDDING).await? {
+                    SearchPath::Ann
+                } else if q.version.is_some() {
+                    SearchPath::VersionScan
+                } else {
+                    SearchPath::Memory
+                };
                 Some(SearchPlan { query: PreparedQuery::new(kernel_metric(metric), vector.clone()), metric, k, path })
             }
         };
@@ -171,10 +186,14 @@ impl TableService {
                     .boxed();
                 Ok(QueryOutput { schema: plan.schema, batches })
             }
+            Some(ref search) if search.path == SearchPath::Ann => {
+                let batch = self.search_ann(&plan, search, q).await?;
+                Ok(QueryOutput { schema: plan.schema, batches: stream::iter([Ok(batch)]).boxed() })
+            }
             Some(ref search) => {
                 let (hits, dataset) = match search.path {
                     SearchPath::Memory => self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone()).await?,
-                    SearchPath::VersionScan => {
+                    SearchPath::VersionScan | SearchPath::Ann => {
                         (self.search_scan(&plan.dataset, search, q.filter.clone()).await?, plan.dataset.clone())
                     }
                 };
@@ -208,6 +227,40 @@ impl TableService {
         let index = &engine.as_ref().expect("synced").index;
         let hits = tokio::task::block_in_place(|| index.search(search.query.vector(), search.k, row_filter.as_ref()));
         Ok((hits, dataset))
+    }
+
+    /// Search through a Lance vector index (approximate; unindexed rows searched exactly).
+    async fn search_ann(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<RecordBatch> {
+        let ann = AnnQuery {
+            column: EMBEDDING.to_string(),
+            vector: search.query.vector().to_vec(),
+            k: search.k,
+            metric: super::indexes::distance_type(search.metric),
+            filter: q.filter.clone(),
+            columns: plan.columns.clone(),
+            nprobes: q.nprobes,
+            ef: q.ef,
+            refine: q.refine,
+        };
+        let batch = self.store().ann_search(&plan.dataset, &ann).await?;
+        let distance = batch
+            .column_by_name(DISTANCE)
+            .ok_or_else(|| Error::internal("ANN result has no _distance"))?;
+        let distance = arrow::compute::cast(distance, &DataType::Float32)?;
+        let distance = distance.as_primitive::<arrow::datatypes::Float32Type>();
+        // Lance's dot distance is 1 − q·x; the contract's is −q·x.
+        let distance: Float32Array = match search.metric {
+            Metric::Dot => distance.unary(|d| d - 1.0),
+            _ => distance.clone(),
+        };
+        let mut columns: Vec<Arc<dyn Array>> = plan
+            .columns
+            .iter()
+            .map(|c| batch.column_by_name(c).cloned().ok_or_else(|| Error::internal(format!("ANN result lacks {c}"))))
+            .collect::<Result<_>>()?;
+        columns.push(Arc::new(distance));
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        RecordBatch::try_new_with_options(plan.schema.clone(), columns, &options).map_err(Error::from)
     }
 
     /// The row ids a filter admits (the prefilter of a search).

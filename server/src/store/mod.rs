@@ -16,7 +16,9 @@ use lance::session::Session;
 use crate::error::{Error, Result};
 
 mod errors;
+mod indexes;
 pub use errors::lance_error;
+pub use indexes::{AnnQuery, Compaction, IndexSpec};
 
 const DATASET_SUFFIX: &str = ".lance";
 

@@ -1,0 +1,134 @@
+//! ANN and scalar indexes built through Lance, searched with `"exact": false`.
+use hyprstream_client::proto::{IndexProgress, OptimizeSummary, Query};
+use hyprstream_client::HyprstreamClient;
+use tonic::Code;
+
+use crate::common::*;
+
+const DIM: usize = 32;
+
+async fn create_index(client: &mut HyprstreamClient, body: serde_json::Value) -> Vec<IndexProgress> {
+    let results = client.action_raw("create_index", body.to_string()).await.unwrap();
+    results.iter().map(|r| serde_json::from_slice(r).unwrap()).collect()
+}
+
+fn ann(table: &str, q: Vec<f32>, k: usize) -> Query {
+    Query { exact: Some(false), ..Query::search(table, q, k) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ivf_flat_probing_every_partition_equals_exact_search_and_sees_new_rows() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("i", 3000, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+
+    let progress = create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_flat", "num_partitions": 8})).await;
+    assert_eq!(progress.iter().map(|p| p.stage.as_str()).collect::<Vec<_>>(), vec!["started", "done"]);
+    let done = progress.last().unwrap();
+    assert_eq!(done.index.as_ref().unwrap().columns, vec!["embedding"]);
+    let described = client.describe_table("t").await.unwrap();
+    assert_eq!(described.indexes.len(), 1);
+    assert_eq!(described.version, done.version.unwrap());
+
+    for _ in 0..3 {
+        let q = random_vector(DIM);
+        let exact = client.search("t", q.clone(), 10).await.unwrap();
+        let approx = client.query(&Query { nprobes: Some(8), ..ann("t", q.clone(), 10) }).await.unwrap();
+        assert_eq!(approx.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some("ann"));
+        assert_eq!(string_column(&approx, "id"), string_column(&exact, "id"));
+        for (a, e) in distances(&approx).iter().zip(distances(&exact)) {
+            assert!((a - e).abs() < 1e-4, "{a} vs {e}");
+        }
+    }
+
+    // Rows added after the build are found (Lance searches unindexed fragments exactly) ...
+    let fresh = random_rows("fresh", 5, DIM);
+    client.put("t", vec![batch(&fresh, DIM)]).await.unwrap();
+    let q = fresh[2].embedding.clone().unwrap();
+    let hit = client.query(&Query { nprobes: Some(1), ..ann("t", q.clone(), 1) }).await.unwrap();
+    assert_eq!(string_column(&hit, "id"), vec!["fresh-2"]);
+    // ... and still after optimize folds them in and compacts.
+    let summary: OptimizeSummary = client.action("optimize", &serde_json::json!({"table": "t"})).await.unwrap();
+    assert!(summary.version > done.version.unwrap());
+    let hit = client.query(&Query { nprobes: Some(8), ..ann("t", q.clone(), 1) }).await.unwrap();
+    assert_eq!(string_column(&hit, "id"), vec!["fresh-2"]);
+    // The exact engine follows the compaction too.
+    let exact = client.search("t", q, 1).await.unwrap();
+    assert_eq!(string_column(&exact, "id"), vec!["fresh-2"]);
+    assert_eq!(client.describe_table("t").await.unwrap().rows, 3005);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("h", 3000, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_hnsw_sq", "num_partitions": 4})).await;
+
+    let mut found = 0;
+    let queries = 10;
+    for _ in 0..queries {
+        let q = random_vector(DIM);
+        let exact = string_column(&client.search("t", q.clone(), 10).await.unwrap(), "id");
+        let approx = string_column(&client.query(&Query { nprobes: Some(4), ef: Some(200), ..ann("t", q, 10) }).await.unwrap(), "id");
+        found += approx.iter().filter(|id| exact.contains(id)).count();
+    }
+    let recall = found as f64 / (10 * queries) as f64;
+    assert!(recall >= 0.8, "recall@10 {recall}");
+
+    // A prefilter applies to ANN searches too.
+    let q = random_vector(DIM);
+    let filtered = client
+        .query(&Query { filter: Some("json_get_int(metadata, 'chapter') = 2".into()), nprobes: Some(4), ..ann("t", q.clone(), 10) })
+        .await
+        .unwrap();
+    let ids = string_column(&filtered, "id");
+    assert_eq!(ids.len(), 10);
+    for id in ids {
+        let i: usize = id.trim_start_matches("h-").parse().unwrap();
+        assert_eq!(i % 5, 2, "{id} is not in chapter 2");
+    }
+
+    // IVF_PQ replaces the index; the search still answers k rows, refine re-ranks exactly.
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_pq", "num_partitions": 4})).await;
+    let top = client.query(&Query { refine: Some(10), nprobes: Some(4), metric: None, ..ann("t", rows[7].embedding.clone().unwrap(), 3) }).await.unwrap();
+    assert_eq!(string_column(&top, "id")[0], "h-7");
+    assert!(distances(&top)[0].abs() < 1e-4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scalar_indexes_keep_filters_correct() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("s", 500, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "btree", "column": "id"})).await;
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "bitmap", "column": "data_type"})).await;
+    assert_eq!(client.describe_table("t").await.unwrap().indexes.len(), 2);
+    let images = client.query(&Query { filter: Some("data_type = 'image'".into()), ..Query::scan("t") }).await.unwrap();
+    assert_eq!(images.num_rows(), rows.iter().filter(|r| r.data_type == "image").count());
+    let one = client.query(&Query { filter: Some("id = 's-42'".into()), ..Query::scan("t") }).await.unwrap();
+    assert_eq!(string_column(&one, "id"), vec!["s-42"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_index_requests_are_refused() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    client.put("small", vec![batch(&random_rows("x", 100, DIM), DIM)]).await.unwrap();
+    let before = client.describe_table("small").await.unwrap().version;
+    let call = |body: serde_json::Value| body.to_string();
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "nope", "type": "ivf_flat"}))).await, Code::NotFound, "nope");
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_pq"}))).await, Code::InvalidArgument, "at least 256 rows");
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "btree"}))).await, Code::InvalidArgument, "needs \"column\"");
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "annoy"}))).await, Code::InvalidArgument, "unknown variant");
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "column": "data_type"}))).await, Code::InvalidArgument, "fixed_size_list");
+    assert_status(client.query(&Query { nprobes: Some(3), ..Query::search("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "\"exact\": false");
+    assert_eq!(client.describe_table("small").await.unwrap().version, before);
+    // exact: false on a table without a vector index is answered exactly.
+    let found = client.query(&ann("small", random_vector(DIM), 3)).await.unwrap();
+    assert_eq!(found.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some("exact_cpu"));
+    assert_eq!(found.num_rows(), 3);
+}

@@ -1,0 +1,130 @@
+//! Index management: validating `create_index` requests and running `optimize`.
+use std::time::Instant;
+
+use hyprstream_proto::actions::{CreateIndex, IndexKind};
+use hyprstream_proto::columns::EMBEDDING;
+use hyprstream_proto::{IndexInfo, Metric, OptimizeSummary};
+use lance_linalg::distance::DistanceType;
+
+use super::{table_dim, table_metric, validate_table_name, TableService};
+use crate::error::{Error, Result};
+use crate::store::{dataset_schema, IndexSpec};
+
+/// Most IVF partitions accepted.
+const MAX_PARTITIONS: usize = 65_536;
+
+pub fn distance_type(metric: Metric) -> DistanceType {
+    match metric {
+        Metric::Cosine => DistanceType::Cosine,
+        Metric::Dot => DistanceType::Dot,
+        Metric::L2 => DistanceType::L2,
+    }
+}
+
+/// PQ sub-vectors: as many as give 16-wide (else 8, 4, 2, 1) sub-vectors that tile `dim`.
+fn default_sub_vectors(dim: usize) -> usize {
+    [16, 8, 4, 2, 1].iter().find(|w| dim % **w == 0).map(|w| dim / w).unwrap_or(1)
+}
+
+impl TableService {
+    /// Builds the index a `create_index` body asks for; returns it, the new version and
+    /// the build time in seconds.
+    pub async fn create_index(&self, req: CreateIndex) -> Result<(IndexInfo, u64, f64)> {
+        validate_table_name(&req.table)?;
+        let started = Instant::now();
+        let _guard = self.write_lock(&req.table).await;
+        let dataset = self.store().dataset(&req.table, None).await?;
+        let schema = dataset_schema(&dataset);
+        let column = match (&req.column, req.kind.is_vector()) {
+            (Some(c), _) => c.clone(),
+            (None, true) => EMBEDDING.to_string(),
+            (None, false) => {
+                return Err(Error::invalid("a btree or bitmap index needs \"column\" (e.g. \"id\" or \"data_type\")"))
+            }
+        };
+        let field = schema.field_with_name(&column).map_err(|_| {
+            Error::invalid(format!("table '{}' has no column '{column}'", req.table))
+        })?;
+        let rows = self.store().count_rows(&dataset, None).await? as usize;
+        let spec = if req.kind.is_vector() {
+            let dim = match field.data_type() {
+                arrow_schema::DataType::FixedSizeList(_, n) if column == EMBEDDING || table_dim(&schema).is_some() => *n as usize,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "a vector index needs a fixed_size_list<float32> column; '{column}' is {other}"
+                    )))
+                }
+            };
+            let partitions = req.num_partitions.unwrap_or_else(|| ((rows as f64).sqrt() as usize).clamp(1, 4096));
+            if partitions == 0 || partitions > MAX_PARTITIONS {
+                return Err(Error::invalid(format!("num_partitions must be between 1 and {MAX_PARTITIONS}")));
+            }
+            if rows < partitions.max(2) {
+                return Err(Error::invalid(format!(
+                    "table '{}' has {rows} rows: too few to train {partitions} IVF partitions (exact search serves small tables)",
+                    req.table
+                )));
+            }
+            let metric = distance_type(req.metric.unwrap_or_else(|| table_metric(&schema)));
+            match req.kind {
+                IndexKind::IvfFlat => IndexSpec::IvfFlat { partitions, metric },
+                IndexKind::IvfPq => {
+                    let sub_vectors = req.num_sub_vectors.unwrap_or_else(|| default_sub_vectors(dim));
+                    if sub_vectors == 0 || dim % sub_vectors != 0 {
+                        return Err(Error::invalid(format!("num_sub_vectors must divide dim {dim}, got {sub_vectors}")));
+                    }
+                    if rows < 256 {
+                        return Err(Error::invalid(format!(
+                            "ivf_pq trains 256 centroids per sub-vector: it needs at least 256 rows, table '{}' has {rows}",
+                            req.table
+                        )));
+                    }
+                    IndexSpec::IvfPq { partitions, sub_vectors, metric }
+                }
+                _ => IndexSpec::IvfHnswSq {
+                    partitions,
+                    m: req.m.unwrap_or(20),
+                    ef_construction: req.ef_construction.unwrap_or(150),
+                    metric,
+                },
+            }
+        } else if req.kind == IndexKind::Btree {
+            IndexSpec::BTree
+        } else {
+            IndexSpec::Bitmap
+        };
+        if req.num_sub_vectors.is_some() && req.kind != IndexKind::IvfPq {
+            return Err(Error::invalid("num_sub_vectors applies to ivf_pq only"));
+        }
+        if (req.m.is_some() || req.ef_construction.is_some()) && req.kind != IndexKind::IvfHnswSq {
+            return Err(Error::invalid("m and ef_construction apply to ivf_hnsw_sq only"));
+        }
+        tracing::info!(table = %req.table, column = %column, kind = ?req.kind, rows, "building index");
+        let dataset = self.store().create_index(&req.table, dataset, &column, req.name.clone(), &spec).await?;
+        let index = self
+            .store()
+            .indexes(&dataset)
+            .await?
+            .into_iter()
+            .find(|i| i.columns.first() == Some(&column))
+            .map(|i| IndexInfo { name: i.name, columns: i.columns, index_type: i.index_type })
+            .ok_or_else(|| Error::internal("index built but not listed"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(table = %req.table, index = %index.name, seconds, version = dataset.version().version, "index built");
+        Ok((index, dataset.version().version, seconds))
+    }
+
+    pub async fn optimize(&self, table: &str) -> Result<OptimizeSummary> {
+        validate_table_name(table)?;
+        let _guard = self.write_lock(table).await;
+        let dataset = self.store().dataset(table, None).await?;
+        let done = self.store().optimize(table, dataset).await?;
+        tracing::info!(table, removed = done.fragments_removed, added = done.fragments_added, "optimized");
+        Ok(OptimizeSummary {
+            table: table.to_string(),
+            fragments_removed: done.fragments_removed,
+            fragments_added: done.fragments_added,
+            version: done.dataset.version().version,
+        })
+    }
+}
