@@ -19,6 +19,9 @@ pub struct ColumnInfo {
     #[serde(rename = "type")]
     pub data_type: String,
     pub nullable: bool,
+    /// Stored with Lance's blob encoding (large values kept out of the column pages).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blob: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

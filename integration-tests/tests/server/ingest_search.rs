@@ -170,6 +170,7 @@ async fn list_embeddings_and_utf8_raw_data_are_normalised_on_ingest() {
     let types: Vec<(String, String)> = d.schema.iter().map(|c| (c.name.clone(), c.data_type.clone())).collect();
     assert!(types.contains(&("embedding".into(), "FixedSizeList(3 x Float32)".into())) || types.iter().any(|(n, t)| n == "embedding" && t.starts_with("FixedSizeList")), "{types:?}");
     assert!(types.contains(&("raw_data".into(), "LargeBinary".into())), "{types:?}");
+    assert!(d.schema.iter().any(|c| c.name == "raw_data" && c.blob), "a first put stores raw_data as a blob too");
     assert!(types.contains(&("metadata".into(), "JSON".into())), "{types:?}");
     assert!(types.iter().any(|(n, _)| n == "extra"));
     let found = client.search("norm", vec![0.0, 1.0, 0.0], 1).await.unwrap();

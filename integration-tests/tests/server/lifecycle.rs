@@ -152,6 +152,8 @@ async fn tables_can_be_created_listed_described_and_dropped() {
     assert_eq!((created.dim, created.metric, created.rows), (Some(16), hyprstream_client::proto::Metric::Dot, 0));
     let names: Vec<String> = created.schema.iter().map(|c| c.name.clone()).collect();
     assert_eq!(names, vec!["id", "embedding", "data_type", "raw_data", "metadata"]);
+    let blobs: Vec<&str> = created.schema.iter().filter(|c| c.blob).map(|c| c.name.as_str()).collect();
+    assert_eq!(blobs, vec!["raw_data"], "raw_data is stored with Lance's blob encoding");
     client.put("beta", vec![batch(&random_rows("b", 3, DIM), DIM)]).await.unwrap();
     let tables = client.list_tables().await.unwrap();
     assert_eq!(tables.iter().map(|t| (t.name.as_str(), t.rows)).collect::<Vec<_>>(), vec![("alpha", 0), ("beta", 3)]);

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 const ARROW_EXT_NAME: &str = "ARROW:extension:name";
 const ARROW_JSON: &str = "arrow.json";
 const LANCE_JSON: &str = "lance.json";
+const BLOB_META_KEY: &str = "lance-encoding:blob";
 pub const DATA_TYPES: [&str; 2] = ["text", "image"];
 
 /// Rows ready to commit: the stored schema and the batches cast to it.
@@ -71,7 +72,7 @@ fn stored_field(field: &Field, dim: Option<usize>) -> Result<Field> {
             ) {
                 return Err(bad("binary or large_binary"));
             }
-            Field::new(RAW_DATA, DataType::LargeBinary, true)
+            raw_data_field()
         }
         METADATA => {
             if !is_string(field.data_type()) && !is_json_binary(field) {
@@ -87,6 +88,13 @@ pub fn embedding_field(dim: usize) -> Field {
     Field::new(EMBEDDING, DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), dim as i32), true)
 }
 
+/// `raw_data` is stored with Lance's blob encoding: large payloads (images) live outside the
+/// column pages, so scans that do not ask for them never read them.
+pub fn raw_data_field() -> Field {
+    Field::new(RAW_DATA, DataType::LargeBinary, true)
+        .with_metadata(HashMap::from([(BLOB_META_KEY.to_string(), "true".to_string())]))
+}
+
 pub fn metadata_field() -> Field {
     Field::new(METADATA, DataType::Utf8, true)
         .with_metadata(HashMap::from([(ARROW_EXT_NAME.to_string(), ARROW_JSON.to_string())]))
@@ -98,7 +106,7 @@ pub fn multimodal_schema(dim: usize) -> Schema {
         Field::new(ID, DataType::Utf8, false),
         embedding_field(dim),
         Field::new(DATA_TYPE, DataType::Utf8, true),
-        Field::new(RAW_DATA, DataType::LargeBinary, true),
+        raw_data_field(),
         metadata_field(),
     ])
 }

@@ -159,6 +159,7 @@ impl TableService {
                         _ => f.data_type().to_string(),
                     },
                     nullable: f.is_nullable(),
+                    blob: crate::store::is_blob(f),
                 })
                 .collect(),
             indexes,

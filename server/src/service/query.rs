@@ -304,7 +304,7 @@ impl TableService {
         let mut columns: Vec<Arc<dyn Array>> = if plan.columns.is_empty() || hits.is_empty() {
             plan.schema.fields().iter().take(plan.columns.len()).map(|f| arrow::array::new_empty_array(f.data_type())).collect()
         } else {
-            self.store().take_rows(dataset, &row_ids, &plan.columns).await?.columns().to_vec()
+            self.store().take_rows(dataset, &row_ids, &plan.columns).await?
         };
         columns.push(Arc::new(Float32Array::from_iter_values(hits.iter().map(|h| h.distance))));
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(hits.len()));

@@ -92,6 +92,7 @@ impl Store {
         let mut columns = q.columns.clone();
         columns.push("_distance".to_string());
         scanner.project(&columns).map_err(lance_error)?;
+        scanner.blob_handling(lance::datatypes::BlobHandling::AllBinary);
         if let Some(filter) = &q.filter {
             scanner.filter(filter).map_err(|e| lance_query_error(e, filter))?;
             scanner.prefilter(true);

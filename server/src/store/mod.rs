@@ -298,6 +298,8 @@ impl Store {
         if spec.with_row_id {
             scanner.with_row_id();
         }
+        // Blob columns come back as their bytes, not as blob descriptions.
+        scanner.blob_handling(lance::datatypes::BlobHandling::AllBinary);
         let query_error = |e| match &spec.filter {
             Some(f) => lance_query_error(e, f),
             None => lance_error(e),
@@ -308,10 +310,34 @@ impl Store {
         Ok((Arc::new(client_schema(&schema)), stream.boxed()))
     }
 
-    /// The rows with these Lance row ids, in the given order.
-    pub async fn take_rows(&self, dataset: &Dataset, row_ids: &[u64], columns: &[String]) -> Result<RecordBatch> {
-        let projection = lance::dataset::ProjectionRequest::from_columns(columns, dataset.schema());
-        client_batch(dataset.take_rows(row_ids, projection).await.map_err(lance_error)?)
+    /// `columns` of the rows with these Lance row ids, in the given order. Blob columns are
+    /// read through Lance's blob files (a take returns only their descriptions).
+    pub async fn take_rows(&self, dataset: &Dataset, row_ids: &[u64], columns: &[String]) -> Result<Vec<arrow_array::ArrayRef>> {
+        let schema = dataset_schema(dataset);
+        let (blobs, plain): (Vec<&String>, Vec<&String>) =
+            columns.iter().partition(|c| schema.field_with_name(c).is_ok_and(is_blob));
+        let mut taken: std::collections::HashMap<&String, arrow_array::ArrayRef> = std::collections::HashMap::new();
+        if !plain.is_empty() {
+            let projection = lance::dataset::ProjectionRequest::from_columns(&plain, dataset.schema());
+            let batch = client_batch(dataset.take_rows(row_ids, projection).await.map_err(lance_error)?)?;
+            for c in &plain {
+                let column = batch.column_by_name(c).ok_or_else(|| Error::internal(format!("take lost column {c}")))?;
+                taken.insert(c, column.clone());
+            }
+        }
+        let shared = Arc::new(dataset.clone());
+        for c in blobs {
+            let files = shared.take_blobs(row_ids, c.as_str()).await.map_err(lance_error)?;
+            let mut values = arrow_array::builder::LargeBinaryBuilder::new();
+            for file in files {
+                match file {
+                    Some(f) => values.append_value(f.read().await.map_err(lance_error)?),
+                    None => values.append_null(),
+                }
+            }
+            taken.insert(c, Arc::new(values.finish()));
+        }
+        columns.iter().map(|c| taken.remove(c).ok_or_else(|| Error::internal(format!("take lost column {c}")))).collect()
     }
 }
 
@@ -331,11 +357,31 @@ fn short(e: &lance::Error) -> String {
     errors::strip_location(&e.to_string())
 }
 
-/// The schema clients see: Lance keeps JSON columns as JSONB (`lance.json` on large_binary);
-/// clients get them back as `arrow.json` text, the form they sent.
+const BLOB_META_KEY: &str = "lance-encoding:blob";
+const BLOB_V2_EXTENSION: &str = "lance.blob.v2";
+
+/// Whether Lance stores this field with its blob encoding.
+pub fn is_blob(field: &arrow_schema::Field) -> bool {
+    field.metadata().contains_key(BLOB_META_KEY)
+        || field.metadata().get("ARROW:extension:name").is_some_and(|e| e == BLOB_V2_EXTENSION)
+}
+
+/// The schema clients see. Lance keeps JSON columns as JSONB (`lance.json` on large_binary)
+/// and describes blob columns as structs; clients get `arrow.json` text and plain
+/// large_binary back, the forms they sent.
 pub fn client_schema(schema: &arrow_schema::Schema) -> arrow_schema::Schema {
-    let fields: Vec<arrow_schema::Field> =
-        schema.fields().iter().map(|f| lance_arrow::json::lance_json_to_arrow_json(f)).collect();
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if is_blob(f) {
+                arrow_schema::Field::new(f.name(), arrow_schema::DataType::LargeBinary, f.is_nullable())
+                    .with_metadata([(BLOB_META_KEY.to_string(), "true".to_string())].into())
+            } else {
+                lance_arrow::json::lance_json_to_arrow_json(f)
+            }
+        })
+        .collect();
     arrow_schema::Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
