@@ -8,7 +8,7 @@ PYTHON ?= python3
 DATA_DIR ?= ./hyprstream-data
 ADDR ?= 127.0.0.1:50051
 
-.PHONY: setup build run test test-rust test-python bench clean
+.PHONY: setup build run test test-rust test-python bench bench-ann clean
 
 setup:
 	@scripts/setup.sh
@@ -33,6 +33,11 @@ test-python: build
 bench: build
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	$(PYTHON) bench/bench.py
+
+# Approximate search: recall@10 vs latency beside hnswlib and LanceDB (synthetic low-rank and GloVe).
+bench-ann: build
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	$(PYTHON) bench/ann.py
 
 clean:
 	cargo clean
