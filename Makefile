@@ -8,7 +8,7 @@ PYTHON ?= python3
 DATA_DIR ?= ./hyprstream-data
 ADDR ?= 127.0.0.1:50051
 
-.PHONY: setup build run test test-rust test-python bench bench-ann clean
+.PHONY: setup build run test test-rust test-python bench bench-ann gpu-check cuda-build clean
 
 setup:
 	@scripts/setup.sh
@@ -19,7 +19,7 @@ build: setup
 run: build
 	$(BIN)/hyprstream-server --data-dir $(DATA_DIR) --addr $(ADDR)
 
-test: build
+test: build cuda-build
 	cargo test --profile $(PROFILE) --workspace
 	HYPRSTREAM_SERVER_BIN=$(BIN)/hyprstream-server $(PYTHON) -m pytest -q integration-tests/python
 
@@ -38,6 +38,19 @@ bench: build
 bench-ann: build
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	$(PYTHON) bench/ann.py
+
+# Compiles the CUDA backend (cudarc, dynamic loading: no CUDA toolkit needed) so every test
+# run checks that it builds; running it needs a GPU (gpu-check).
+cuda-build: setup
+	cargo build --profile $(PROFILE) -p hyprstream-kernels --features cuda --bin hyprstream-gpu-check
+
+# Builds the GPU check here and leaves a stripped copy in .gpu/ (git-ignored) to carry to a
+# machine with an NVIDIA GPU, where the one command is `./.gpu/hyprstream-gpu-check`.
+gpu-check: cuda-build
+	mkdir -p .gpu
+	strip -o .gpu/hyprstream-gpu-check $(BIN)/hyprstream-gpu-check
+	@ls -la .gpu/hyprstream-gpu-check
+	@if ./.gpu/hyprstream-gpu-check; then :; else echo "(run .gpu/hyprstream-gpu-check on a GPU machine)"; fi
 
 clean:
 	cargo clean

@@ -6,6 +6,8 @@
 //!
 //! Distances are "smaller is closer": cosine = 1 − cos, l2 = squared euclidean, dot = −q·x.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod distance;
 mod index;
 mod topk;

@@ -191,13 +191,22 @@ impl TableService {
                 Ok(QueryOutput { schema: plan.schema, batches: stream::iter([Ok(batch)]).boxed() })
             }
             Some(ref search) => {
+                let started = std::time::Instant::now();
                 let (hits, dataset) = match search.path {
                     SearchPath::Memory => self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone()).await?,
                     SearchPath::VersionScan | SearchPath::Ann => {
                         (self.search_scan(&plan.dataset, search, q.filter.clone()).await?, plan.dataset.clone())
                     }
                 };
+                let ranked = started.elapsed();
                 let batch = self.hit_rows(&plan, &dataset, &hits).await?;
+                tracing::debug!(
+                    table = %q.table,
+                    path = search.path.as_str(),
+                    rank_ms = ranked.as_secs_f64() * 1e3,
+                    fetch_ms = (started.elapsed() - ranked).as_secs_f64() * 1e3,
+                    "search answered"
+                );
                 Ok(QueryOutput { schema: plan.schema, batches: stream::iter([Ok(batch)]).boxed() })
             }
         }

@@ -1,0 +1,133 @@
+//! `make gpu-check`: the one command to run on a machine with an NVIDIA GPU.
+//!
+//! 1. Correctness: GPU top-k equals the CPU engine's on fresh random data, every metric,
+//!    after appends, an in-place update and deletes.
+//! 2. Speed: 1M × 768 single-query and 64-query latency, against the memory-bandwidth floor
+//!    (bytes read ÷ the device's measured copy bandwidth).
+//! Prints a report; exits non-zero if results differ. Without a GPU it says why and exits 2.
+use std::time::Instant;
+
+use hyprstream_kernels::cuda::{measure_copy_bandwidth, unavailable_reason, GpuIndex};
+use hyprstream_kernels::{FlatIndex, Metric};
+
+/// Deterministic pseudo-random floats in [-1, 1) (xorshift; no extra dependency).
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn check_equal(metric: Metric, rows: usize, dim: usize, seed: u64) -> Result<(), String> {
+    let data = random(rows * dim, seed);
+    let ids: Vec<u64> = (0..rows as u64).collect();
+    let mut gpu = GpuIndex::new(0, dim, metric, rows / 3).map_err(|e| e.to_string())?;
+    // Three appends (the second forces the device buffers to grow).
+    let third = rows / 3;
+    for (a, b) in [(0, third), (third, 2 * third), (2 * third, rows)] {
+        gpu.append(&ids[a..b], &data[a * dim..b * dim]).map_err(|e| e.to_string())?;
+    }
+    let mut cpu = FlatIndex::new(dim, metric);
+    let mut cpu_data = data.clone();
+    // Update row 5 in place, delete rows 7 and 11.
+    let replacement = random(dim, seed + 99);
+    gpu.update(5, &replacement).map_err(|e| e.to_string())?;
+    cpu_data[5 * dim..6 * dim].copy_from_slice(&replacement);
+    gpu.remove(7).map_err(|e| e.to_string())?;
+    gpu.remove(11).map_err(|e| e.to_string())?;
+    cpu.insert_segment(0, ids.clone(), cpu_data, None);
+    let keep: Vec<u64> = ids.iter().copied().filter(|&i| i != 7 && i != 11).collect();
+    cpu.retain_in_segment(0, &keep);
+
+    for qi in 0..5 {
+        let q = if qi == 0 { replacement.clone() } else { random(dim, seed + 1000 + qi) };
+        let g = gpu.search(&q, 10).map_err(|e| e.to_string())?;
+        let c = cpu.search(&q, 10, None);
+        if g.len() != c.len() {
+            return Err(format!("{metric:?}: {} GPU hits vs {} CPU", g.len(), c.len()));
+        }
+        for (a, b) in g.iter().zip(&c) {
+            let tol = 1e-4 * b.distance.abs().max(1.0);
+            if (a.distance - b.distance).abs() > tol {
+                return Err(format!("{metric:?}: distance {} (GPU) vs {} (CPU)", a.distance, b.distance));
+            }
+        }
+        if qi == 0 && g[0].id != 5 {
+            return Err(format!("{metric:?}: the updated row should be its own nearest, got {}", g[0].id));
+        }
+        if g.iter().any(|h| h.id == 7 || h.id == 11) {
+            return Err(format!("{metric:?}: a deleted row came back"));
+        }
+    }
+    Ok(())
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    if let Some(reason) = unavailable_reason() {
+        eprintln!("gpu-check: no GPU here ({reason}); the CPU backend serves searches");
+        std::process::exit(2);
+    }
+    let mut failed = false;
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        match check_equal(metric, 30_000, 768, 42) {
+            Ok(()) => println!("correctness {metric:?}: GPU top-10 == CPU top-10 (appends, update, deletes)"),
+            Err(e) => {
+                println!("correctness {metric:?}: FAILED: {e}");
+                failed = true;
+            }
+        }
+    }
+
+    let (rows, dim) = (1_000_000usize, 768usize);
+    let data = random(rows * dim, 7);
+    let ids: Vec<u64> = (0..rows as u64).collect();
+    let mut gpu = GpuIndex::new(0, dim, Metric::Cosine, rows).expect("GPU index");
+    let t = Instant::now();
+    gpu.append(&ids, &data).expect("upload");
+    println!("upload {rows} × {dim}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    drop(data);
+
+    let queries = random(64 * dim, 8);
+    let mut single = Vec::new();
+    for q in queries.chunks(dim).take(3) {
+        gpu.search(q, 10).expect("warm-up");
+    }
+    for q in queries.chunks(dim) {
+        let t = Instant::now();
+        gpu.search(q, 10).expect("search");
+        single.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let t = Instant::now();
+    for q in queries.chunks(dim) {
+        gpu.search(q, 10).expect("search");
+    }
+    let batch_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let bytes = (rows * dim * 4) as f64;
+    let bandwidth = measure_copy_bandwidth(0, 1 << 30).expect("bandwidth");
+    let floor_ms = bytes / bandwidth * 1e3;
+    let p50 = percentile(single.clone(), 0.5);
+    println!("device copy bandwidth: {:.0} GB/s; floor for one pass over {:.2} GB: {:.3} ms", bandwidth / 1e9, bytes / 1e9, floor_ms);
+    println!("single query 1M × 768: p50 {:.3} ms ({:.2}× the floor), p99 {:.3} ms", p50, p50 / floor_ms, percentile(single, 0.99));
+    println!(
+        "batch of 64 (one pass per query): {:.2} ms total, {:.0} QPS, {:.2} ms/query ({:.2}× the floor)",
+        batch_ms,
+        64.0 / (batch_ms / 1e3),
+        batch_ms / 64.0,
+        batch_ms / 64.0 / floor_ms
+    );
+    println!("memory: {:.2} GB on device", gpu.memory_bytes() as f64 / 1e9);
+    if failed {
+        std::process::exit(1);
+    }
+}

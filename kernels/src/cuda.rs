@@ -1,0 +1,239 @@
+//! CUDA backend: rows resident in GPU memory, scored by `cuda/similarity.cu` (compiled at run
+//! time by NVRTC through cudarc's dynamic loading, so the binary builds and starts without
+//! CUDA). Appends copy only the new rows; deletes flip one live byte; updates rewrite one row —
+//! the matrix is never re-uploaded whole.
+//!
+//! Scores come back to the host for top-k selection (4 bytes per row, a few hundred µs for
+//! 1M rows over PCIe), so results use the same [`TopK`] and tie rule as the CPU backend.
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use crate::distance::{dot, Metric};
+use crate::topk::{Neighbor, TopK};
+
+const SOURCE: &str = include_str!("../cuda/similarity.cu");
+const THREADS_PER_BLOCK: u32 = 256;
+
+#[derive(Debug)]
+pub struct GpuError(pub String);
+
+impl std::fmt::Display for GpuError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GpuError {}
+
+fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> GpuError + '_ {
+    move |e| GpuError(format!("{what}: {e:?}"))
+}
+
+/// Why the GPU backend cannot run here, or `None` if a driver, NVRTC and a device are present.
+/// Never panics (cudarc's loaders would, if asked to load a missing library).
+pub fn unavailable_reason() -> Option<String> {
+    // SAFETY: only probes whether the shared libraries can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver library (libcuda) found".into());
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Some("no NVRTC library (libnvrtc) found".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => None,
+        Ok(_) => Some("the CUDA driver reports no device".into()),
+        Err(e) => Some(format!("the CUDA driver failed to initialise: {e:?}")),
+    }
+}
+
+/// Device memory bandwidth in bytes/s, from a timed device-to-device copy of `bytes`
+/// (a copy reads and writes each byte: 2 × bytes move).
+pub fn measure_copy_bandwidth(ordinal: usize, bytes: usize) -> Result<f64, GpuError> {
+    let ctx = CudaContext::new(ordinal).map_err(err("create context"))?;
+    let stream = ctx.default_stream();
+    let n = bytes / 4;
+    let src: CudaSlice<f32> = stream.alloc_zeros(n).map_err(err("alloc src"))?;
+    let mut dst: CudaSlice<f32> = stream.alloc_zeros(n).map_err(err("alloc dst"))?;
+    stream.memcpy_dtod(&src, &mut dst).map_err(err("warm-up copy"))?;
+    stream.synchronize().map_err(err("sync"))?;
+    let reps = 5;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        stream.memcpy_dtod(&src, &mut dst).map_err(err("copy"))?;
+    }
+    stream.synchronize().map_err(err("sync"))?;
+    Ok(2.0 * (n * 4) as f64 * reps as f64 / t.elapsed().as_secs_f64())
+}
+
+pub struct GpuIndex {
+    stream: Arc<CudaStream>,
+    score: CudaFunction,
+    dim: usize,
+    metric: Metric,
+    rows: usize,
+    capacity: usize,
+    data: CudaSlice<f32>,
+    sq_norms: CudaSlice<f32>,
+    live: CudaSlice<u8>,
+    scores: CudaSlice<f32>,
+    ids: Vec<u64>,
+}
+
+impl GpuIndex {
+    /// An empty index on device `ordinal`, with room for `capacity` rows before it grows.
+    pub fn new(ordinal: usize, dim: usize, metric: Metric, capacity: usize) -> Result<Self, GpuError> {
+        if let Some(reason) = unavailable_reason() {
+            return Err(GpuError(reason));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(err("create context"))?;
+        let stream = ctx.default_stream();
+        let ptx = cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| GpuError(format!("NVRTC: {e:?}")))?;
+        let module = ctx.load_module(ptx).map_err(err("load module"))?;
+        let score = module.load_function("score_rows").map_err(err("load score_rows"))?;
+        let capacity = capacity.max(1);
+        Ok(GpuIndex {
+            data: stream.alloc_zeros(capacity * dim).map_err(err("alloc rows"))?,
+            sq_norms: stream.alloc_zeros(capacity).map_err(err("alloc norms"))?,
+            live: stream.alloc_zeros(capacity).map_err(err("alloc live"))?,
+            scores: stream.alloc_zeros(capacity).map_err(err("alloc scores"))?,
+            stream,
+            score,
+            dim,
+            metric,
+            rows: 0,
+            capacity,
+            ids: Vec::new(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Prepares rows as the kernel expects them (normalised for cosine) with their |x|².
+    fn prepare(&self, vectors: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let mut rows = vectors.to_vec();
+        if self.metric == Metric::Cosine {
+            for row in rows.chunks_exact_mut(self.dim) {
+                let norm = dot(row, row).sqrt();
+                if norm > 0.0 {
+                    row.iter_mut().for_each(|v| *v /= norm);
+                }
+            }
+        }
+        let norms = rows.chunks_exact(self.dim).map(|r| dot(r, r)).collect();
+        (rows, norms)
+    }
+
+    /// Doubles the device buffers, copying resident rows device-to-device.
+    fn grow(&mut self, needed: usize) -> Result<(), GpuError> {
+        let capacity = needed.max(self.capacity * 2);
+        let mut data = self.stream.alloc_zeros(capacity * self.dim).map_err(err("grow rows"))?;
+        let mut sq_norms = self.stream.alloc_zeros(capacity).map_err(err("grow norms"))?;
+        let mut live = self.stream.alloc_zeros(capacity).map_err(err("grow live"))?;
+        if self.rows > 0 {
+            let n = self.rows;
+            self.stream.memcpy_dtod(&self.data.slice(..n * self.dim), &mut data.slice_mut(..n * self.dim)).map_err(err("copy rows"))?;
+            self.stream.memcpy_dtod(&self.sq_norms.slice(..n), &mut sq_norms.slice_mut(..n)).map_err(err("copy norms"))?;
+            self.stream.memcpy_dtod(&self.live.slice(..n), &mut live.slice_mut(..n)).map_err(err("copy live"))?;
+        }
+        self.scores = self.stream.alloc_zeros(capacity).map_err(err("grow scores"))?;
+        self.data = data;
+        self.sq_norms = sq_norms;
+        self.live = live;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Appends rows (`ids.len() × dim`, row-major); only the new rows cross the bus.
+    pub fn append(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), GpuError> {
+        assert_eq!(vectors.len(), ids.len() * self.dim, "vectors must be ids.len() × dim");
+        let (start, n) = (self.rows, ids.len());
+        if start + n > self.capacity {
+            self.grow(start + n)?;
+        }
+        let (rows, norms) = self.prepare(vectors);
+        let d = self.dim;
+        self.stream.memcpy_htod(&rows, &mut self.data.slice_mut(start * d..(start + n) * d)).map_err(err("upload rows"))?;
+        self.stream.memcpy_htod(&norms, &mut self.sq_norms.slice_mut(start..start + n)).map_err(err("upload norms"))?;
+        self.stream.memcpy_htod(&vec![1u8; n], &mut self.live.slice_mut(start..start + n)).map_err(err("upload live"))?;
+        self.ids.extend_from_slice(ids);
+        self.rows += n;
+        Ok(())
+    }
+
+    /// Rewrites one resident row in place.
+    pub fn update(&mut self, row: usize, vector: &[f32]) -> Result<(), GpuError> {
+        assert!(row < self.rows && vector.len() == self.dim);
+        let (rows, norms) = self.prepare(vector);
+        let d = self.dim;
+        self.stream.memcpy_htod(&rows, &mut self.data.slice_mut(row * d..(row + 1) * d)).map_err(err("update row"))?;
+        self.stream.memcpy_htod(&norms, &mut self.sq_norms.slice_mut(row..row + 1)).map_err(err("update norm"))?;
+        Ok(())
+    }
+
+    /// Marks one resident row deleted (it scores +inf and is never returned).
+    pub fn remove(&mut self, row: usize) -> Result<(), GpuError> {
+        assert!(row < self.rows);
+        self.stream.memcpy_htod(&[0u8], &mut self.live.slice_mut(row..row + 1)).map_err(err("delete row"))
+    }
+
+    /// The k nearest live rows to `query`, nearest first.
+    pub fn search(&mut self, query: &[f32], k: usize) -> Result<Vec<Neighbor>, GpuError> {
+        assert_eq!(query.len(), self.dim, "query length");
+        if self.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut q = query.to_vec();
+        let q_sq = dot(&q, &q);
+        if self.metric == Metric::Cosine && q_sq > 0.0 {
+            let norm = q_sq.sqrt();
+            q.iter_mut().for_each(|v| *v /= norm);
+        }
+        let q_dev = self.stream.clone_htod(&q).map_err(err("upload query"))?;
+        let metric: i32 = match self.metric {
+            Metric::Cosine => 0,
+            Metric::Dot => 1,
+            Metric::L2 => 2,
+        };
+        let (dim, n) = (self.dim as i32, self.rows as i32);
+        let q_norm_arg = if self.metric == Metric::Cosine && q_sq > 0.0 { 1.0f32 } else { q_sq };
+        let warps_per_block = THREADS_PER_BLOCK / 32;
+        let cfg = LaunchConfig {
+            grid_dim: ((self.rows as u32).div_ceil(warps_per_block), 1, 1),
+            block_dim: (THREADS_PER_BLOCK, 1, 1),
+            shared_mem_bytes: (self.dim * 4) as u32,
+        };
+        let mut launch = self.stream.launch_builder(&self.score);
+        launch
+            .arg(&self.data)
+            .arg(&self.sq_norms)
+            .arg(&self.live)
+            .arg(&q_dev)
+            .arg(&q_norm_arg)
+            .arg(&metric)
+            .arg(&dim)
+            .arg(&n)
+            .arg(&mut self.scores);
+        // SAFETY: the argument list matches score_rows' signature; buffers hold ≥ n rows.
+        unsafe { launch.launch(cfg) }.map_err(err("launch score_rows"))?;
+        let scores = self.stream.clone_dtoh(&self.scores.slice(..self.rows)).map_err(err("download scores"))?;
+        let mut top = TopK::new(k);
+        for (i, d) in scores.into_iter().enumerate() {
+            if d.is_finite() {
+                top.push(d, self.ids[i]);
+            }
+        }
+        Ok(top.into_sorted())
+    }
+
+    /// Device memory held by the index, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.capacity * (self.dim * 4 + 4 + 1 + 4)
+    }
+}
