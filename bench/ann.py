@@ -10,10 +10,8 @@ lancedb; hnswlib: HNSW (M=16, ef_construction=200). Writes the ANN section of do
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -21,7 +19,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BIN, REPO, THREADS, machine  # noqa: E402
+from bench import REPO, THREADS, machine, put_vectors, start_server  # noqa: E402
 
 K = 10
 EFS = [10, 20, 40, 80, 160, 320]
@@ -119,25 +117,9 @@ def bench_lancedb(data, queries, exact, tmp):
 
 
 def bench_ours(data, queries, exact, tmp):
-    proc = subprocess.Popen(
-        [os.path.join(BIN, "hyprstream-server"), "--data-dir", os.path.join(tmp, "hs"), "--addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "HYPRSTREAM_LOG": "warn"},
-    )
-    addr = None
-    for line in proc.stdout:
-        if line.startswith("hyprstream-server listening on "):
-            addr = line.split()[-1]
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    proc, c = start_server(os.path.join(tmp, "hs"))
     try:
-        c = flight.connect(f"grpc://{addr}")
-        table = pa.table({"id": [str(i) for i in range(len(data))], "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])})
-        w, r = c.do_put(flight.FlightDescriptor.for_path("ann"), table.schema)
-        for b in table.to_batches(max_chunksize=50000):
-            w.write_batch(b)
-        w.done_writing()
-        r.read()
-        w.close()
+        put_vectors(c, "ann", data, chunk=50000)
         t = time.perf_counter()
         body = {"table": "ann", "type": "ivf_hnsw_sq", "num_partitions": partitions(len(data)), "m": 16, "ef_construction": 200}
         list(c.do_action(flight.Action("create_index", json.dumps(body).encode())))

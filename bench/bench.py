@@ -88,9 +88,10 @@ def bench_ours_inprocess(data, queries, tmp):
     return json.loads(out.stdout)
 
 
-def bench_ours_flight(data, queries, tmp):
+def start_server(data_dir):
+    """Starts the release hyprstream-server on a free port; returns (process, Flight client)."""
     proc = subprocess.Popen(
-        [os.path.join(BIN, "hyprstream-server"), "--data-dir", os.path.join(tmp, "hs"), "--addr", "127.0.0.1:0"],
+        [os.path.join(BIN, "hyprstream-server"), "--data-dir", data_dir, "--addr", "127.0.0.1:0"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "HYPRSTREAM_LOG": "warn", "RAYON_NUM_THREADS": str(THREADS)},
     )
     addr = None
@@ -99,22 +100,31 @@ def bench_ours_flight(data, queries, tmp):
             addr = line.split()[-1]
             break
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    return proc, flight.connect(f"grpc://{addr}")
+
+
+def put_vectors(c, name, data, chunk=20000):
+    """Puts rows (id = row number as text, embedding) in one DoPut; returns seconds taken."""
+    table = pa.table(
+        {
+            "id": [str(i) for i in range(len(data))],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1]),
+        }
+    )
+    t = time.perf_counter()
+    w, r = c.do_put(flight.FlightDescriptor.for_path(name), table.schema)
+    for batch in table.to_batches(max_chunksize=chunk):
+        w.write_batch(batch)
+    w.done_writing()
+    r.read()
+    w.close()
+    return time.perf_counter() - t
+
+
+def bench_ours_flight(data, queries, tmp):
+    proc, c = start_server(os.path.join(tmp, "hs"))
     try:
-        c = flight.connect(f"grpc://{addr}")
-        table = pa.table(
-            {
-                "id": [str(i) for i in range(len(data))],
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), DIM),
-            }
-        )
-        t = time.perf_counter()
-        w, r = c.do_put(flight.FlightDescriptor.for_path("bench"), table.schema)
-        for batch in table.to_batches(max_chunksize=20000):
-            w.write_batch(batch)
-        w.done_writing()
-        r.read()
-        w.close()
-        put_s = time.perf_counter() - t
+        put_s = put_vectors(c, "bench", data)
 
         def search(q):
             ticket = json.dumps({"table": "bench", "vector": q.tolist(), "k": K, "columns": ["id"]})

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, AsArray};
 use futures::TryStreamExt;
 use hyprstream_kernels::{FlatIndex, Metric as KernelMetric};
 use hyprstream_proto::columns::EMBEDDING;
@@ -16,10 +15,8 @@ use lance::dataset::Dataset;
 use lance::table::format::Fragment;
 use tokio::sync::RwLock;
 
-use crate::error::{Error, Result};
-use crate::store::lance_error;
-
-const ROW_ID: &str = "_rowid";
+use crate::error::Result;
+use crate::store::{lance_error, row_ids, vector_block};
 
 pub struct TableEngine {
     pub index: FlatIndex,
@@ -98,8 +95,7 @@ async fn fragment_row_ids(dataset: &Dataset, fragment: &Fragment) -> Result<Vec<
     let batches: Vec<_> = scanner.try_into_stream().await.map_err(lance_error)?.try_collect().await.map_err(lance_error)?;
     let mut ids = Vec::new();
     for b in &batches {
-        let column = b.column_by_name(ROW_ID).ok_or_else(|| Error::internal("scan lost _rowid"))?;
-        ids.extend_from_slice(column.as_primitive::<arrow::datatypes::UInt64Type>().values());
+        ids.extend_from_slice(row_ids(b)?);
     }
     ids.sort_unstable();
     Ok(ids)
@@ -113,13 +109,10 @@ async fn fragment_vectors(dataset: &Dataset, fragment: &Fragment, dim: usize) ->
     let mut stream = scanner.try_into_stream().await.map_err(lance_error)?;
     let (mut ids, mut vectors, mut valid) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(b) = stream.try_next().await.map_err(lance_error)? {
-        let list = b.column_by_name(EMBEDDING).ok_or_else(|| Error::internal("scan lost embedding"))?.as_fixed_size_list();
-        let rows = b.column_by_name(ROW_ID).ok_or_else(|| Error::internal("scan lost _rowid"))?;
-        ids.extend_from_slice(rows.as_primitive::<arrow::datatypes::UInt64Type>().values());
-        let start = list.value_offset(0) as usize;
-        let values = list.values().as_primitive::<arrow::datatypes::Float32Type>();
-        vectors.extend_from_slice(&values.values()[start..start + list.len() * dim]);
-        valid.extend((0..list.len()).map(|i| list.is_valid(i)));
+        let block = vector_block(&b, EMBEDDING, dim)?;
+        ids.extend_from_slice(block.row_ids);
+        vectors.extend_from_slice(block.matrix);
+        valid.extend(block.valid);
     }
     // Scans return a fragment's rows in offset order; keep that invariant explicit.
     if !ids.windows(2).all(|w| w[0] < w[1]) {

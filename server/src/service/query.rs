@@ -18,11 +18,10 @@ use lance::dataset::Dataset;
 
 use super::{table_dim, table_metric, validate_table_name, BatchStream, TableService};
 use crate::error::{Error, Result};
-use crate::store::{dataset_schema, AnnQuery, ScanSpec};
+use crate::store::{dataset_schema, row_ids, vector_block, AnnQuery, ScanSpec};
 
 /// Largest k a search accepts.
 pub const MAX_K: usize = 100_000;
-const ROW_ID: &str = "_rowid";
 
 pub struct QueryOutput {
     pub schema: SchemaRef,
@@ -278,8 +277,7 @@ impl TableService {
         let (_, mut batches) = self.store().scan(dataset, &spec).await?;
         let mut ids = Vec::new();
         while let Some(batch) = batches.try_next().await? {
-            let column = batch.column_by_name(ROW_ID).expect("with_row_id");
-            ids.extend_from_slice(column.as_primitive::<arrow::datatypes::UInt64Type>().values());
+            ids.extend_from_slice(row_ids(&batch)?);
         }
         Ok(RowFilter::new(ids))
     }
@@ -290,18 +288,10 @@ impl TableService {
         let (_, mut batches) = self.store().scan(dataset, &spec).await?;
         let mut top = TopK::new(search.k);
         let mut scratch = Vec::new();
-        let mut valid = Vec::new();
         while let Some(batch) = batches.try_next().await? {
-            let vectors = batch.column_by_name(EMBEDDING).expect("projected").as_fixed_size_list();
-            let row_ids = batch.column_by_name(ROW_ID).expect("with_row_id").as_primitive::<arrow::datatypes::UInt64Type>();
-            let dim = search.query.dim();
-            let start = vectors.value_offset(0) as usize;
-            let values = vectors.values().as_primitive::<arrow::datatypes::Float32Type>();
-            let matrix = &values.values()[start..start + vectors.len() * dim];
-            valid.clear();
-            valid.extend((0..vectors.len()).map(|i| vectors.is_valid(i)));
+            let block = vector_block(&batch, EMBEDDING, search.query.dim())?;
             tokio::task::block_in_place(|| {
-                search_block(&search.query, matrix, Some(&valid), Some(row_ids.values()), 0, &mut scratch, &mut top)
+                search_block(&search.query, block.matrix, Some(&block.valid), Some(block.row_ids), 0, &mut scratch, &mut top)
             });
         }
         Ok(top.into_sorted())

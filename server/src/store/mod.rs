@@ -399,3 +399,37 @@ pub fn client_batch(batch: RecordBatch) -> Result<RecordBatch> {
 pub fn dataset_schema(dataset: &Dataset) -> arrow_schema::Schema {
     client_schema(&arrow_schema::Schema::from(dataset.schema()))
 }
+
+/// Lance's stable row-id column, added by [`ScanSpec::with_row_id`].
+pub const ROW_ID: &str = "_rowid";
+
+/// The `_rowid` values of a scanned batch.
+pub fn row_ids(batch: &RecordBatch) -> Result<&[u64]> {
+    use arrow_array::cast::AsArray;
+    let column = batch.column_by_name(ROW_ID).ok_or_else(|| Error::internal("scan lost _rowid"))?;
+    Ok(column.as_primitive::<arrow_array::types::UInt64Type>().values())
+}
+
+/// A scanned batch of vectors as a row-major matrix view (no copy), with row ids and which
+/// rows have a vector (a null row's slots hold arbitrary values and must be skipped).
+pub struct VectorBlock<'a> {
+    pub row_ids: &'a [u64],
+    pub matrix: &'a [f32],
+    pub valid: Vec<bool>,
+}
+
+pub fn vector_block<'a>(batch: &'a RecordBatch, column: &str, dim: usize) -> Result<VectorBlock<'a>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    let list = batch
+        .column_by_name(column)
+        .ok_or_else(|| Error::internal(format!("scan lost {column}")))?
+        .as_fixed_size_list();
+    let start = list.value_offset(0) as usize;
+    let values = list.values().as_primitive::<arrow_array::types::Float32Type>();
+    Ok(VectorBlock {
+        row_ids: row_ids(batch)?,
+        matrix: &values.values()[start..start + list.len() * dim],
+        valid: (0..list.len()).map(|i| list.is_valid(i)).collect(),
+    })
+}
