@@ -162,3 +162,38 @@ async fn tables_can_be_created_listed_described_and_dropped() {
     assert_status(client.describe_table("alpha").await, tonic::Code::NotFound, "alpha");
     assert_eq!(client.list_tables().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_put_commits_all_of_it_or_none_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 512;
+    let rows = random_rows("s", 24_000, dim);
+    let mut server = Server::start_in(dir.path().to_path_buf());
+    let mut client = server.client().await;
+    client.put("t", vec![batch(&rows[..10], dim)]).await.unwrap();
+    let url = server.url.clone();
+    let big = batch(&rows[10..], dim);
+    let put = tokio::spawn(async move {
+        let mut c = hyprstream_client::HyprstreamClient::connect(&url).await.unwrap();
+        c.put("t", vec![big]).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.stop();
+        (server, status)
+    });
+    let answer = put.await.unwrap();
+    let (_stopped, status) = status.await.unwrap();
+    assert!(status.success(), "SIGTERM is a clean exit");
+
+    let server = Server::start_in(dir.path().to_path_buf());
+    let mut client = server.client().await;
+    let stored = client.describe_table("t").await.unwrap().rows;
+    match answer {
+        Ok(summary) => assert_eq!((stored, summary.inserted), (24_000, 23_990), "an acknowledged put is durable"),
+        Err(_) => assert!(stored == 10 || stored == 24_000, "a put cut off by shutdown is all or nothing, found {stored} rows"),
+    }
+    // Whatever happened, the table is readable and searchable.
+    let found = client.search("t", rows[3].embedding.clone().unwrap(), 1).await.unwrap();
+    assert_eq!(string_column(&found, "id"), vec!["s-3"]);
+}
