@@ -57,6 +57,12 @@ fn stored_field(field: &Field, dim: Option<usize>) -> Result<Field> {
             let dim = dim.ok_or_else(|| {
                 Error::invalid("column 'embedding' has no non-null vector to take the dimension from; send a fixed_size_list<float32>[dim] or create the table first with create_table {\"name\", \"dim\"}")
             })?;
+            if dim == 0 || dim > super::MAX_DIM {
+                return Err(Error::invalid(format!(
+                    "column 'embedding' has vectors of length {dim}; the length must be between 1 and {}",
+                    super::MAX_DIM
+                )));
+            }
             embedding_field(dim)
         }
         DATA_TYPE => {
@@ -401,6 +407,20 @@ mod tests {
         assert_eq!(ingest.schema.field(2), &metadata_field());
         let emb = ingest.batches[0].column(1).as_fixed_size_list();
         assert!(emb.is_valid(0) && emb.is_null(1));
+    }
+
+    #[test]
+    fn empty_vectors_are_refused() {
+        let mut emb = ListBuilder::new(Float64Builder::new());
+        emb.append(true);
+        let (schema, batches) = put(
+            vec![
+                Field::new(ID, DataType::Utf8, false),
+                Field::new(EMBEDDING, DataType::List(Arc::new(Field::new("item", DataType::Float64, true))), true),
+            ],
+            vec![Arc::new(StringArray::from(vec!["a"])), Arc::new(emb.finish())],
+        );
+        assert!(prepare(&schema, batches, None).unwrap_err().message.contains("between 1 and"));
     }
 
     #[test]
