@@ -32,8 +32,6 @@ pub mod columns {
 pub mod schema_keys {
     /// On search results: which engine answered (`exact_cpu`, …).
     pub const SEARCH_PATH: &str = "hyprstream.search_path";
-    /// On search results: the metric used.
+    /// On stored tables: the table's default metric; on search results: the metric used.
     pub const METRIC: &str = "hyprstream.metric";
-    /// On stored tables: the table's default metric.
-    pub const TABLE_METRIC: &str = "hyprstream.metric";
 }

@@ -11,7 +11,7 @@ use arrow_schema::{Schema, SchemaRef};
 use futures::stream::BoxStream;
 use hyprstream_proto::actions::{CreateTable, Delete, Restore};
 use hyprstream_proto::columns::EMBEDDING;
-use hyprstream_proto::schema_keys::TABLE_METRIC;
+use hyprstream_proto::schema_keys::METRIC as TABLE_METRIC;
 use hyprstream_proto::{
     ColumnInfo, DeleteSummary, DropSummary, Health, IndexInfo, Metric, RestoreSummary, TableDescription,
     TableSummary, VersionInfo,

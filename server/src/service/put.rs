@@ -4,7 +4,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow_schema::Schema;
 use hyprstream_proto::columns::ID;
-use hyprstream_proto::schema_keys::TABLE_METRIC;
+use hyprstream_proto::schema_keys::METRIC as TABLE_METRIC;
 use hyprstream_proto::{Metric, PutMode, PutSummary};
 use lance::dataset::WriteMode;
 

@@ -341,15 +341,17 @@ impl Store {
     }
 }
 
-/// A Lance error raised while planning a user's filter: almost always the filter itself.
+/// A Lance error raised while planning a user's filter: almost always the filter itself, so
+/// anything but a storage (I/O) or not-found failure is reported as the filter's fault.
 fn lance_query_error(e: lance::Error, filter: &str) -> Error {
+    use crate::error::ErrorKind;
     let mapped = lance_error(e);
-    if mapped.kind == crate::error::ErrorKind::Internal && !mapped.message.contains("I/O") {
-        Error::invalid(format!("invalid filter '{filter}': {}", mapped.message))
-    } else if mapped.kind == crate::error::ErrorKind::InvalidArgument {
-        Error::invalid(format!("invalid filter '{filter}': {}", mapped.message))
-    } else {
-        mapped
+    let storage_failure = mapped.kind == ErrorKind::Internal && mapped.message.contains("I/O");
+    match mapped.kind {
+        ErrorKind::InvalidArgument | ErrorKind::Internal if !storage_failure => {
+            Error::invalid(format!("invalid filter '{filter}': {}", mapped.message))
+        }
+        _ => mapped,
     }
 }
 
