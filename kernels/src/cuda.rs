@@ -3,8 +3,8 @@
 //! CUDA). Appends copy only the new rows; deletes flip one live byte; updates rewrite one row —
 //! the matrix is never re-uploaded whole.
 //!
-//! Scores come back to the host for top-k selection (4 bytes per row, a few hundred µs for
-//! 1M rows over PCIe), so results use the same [`TopK`] and tie rule as the CPU backend.
+//! Top-k selection is fused on the device per 4096-row segment (`block_topk`); the host merges
+//! the few candidates with the same [`TopK`] and tie rule as the CPU backend.
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
@@ -14,6 +14,15 @@ use crate::topk::{Neighbor, TopK};
 
 const SOURCE: &str = include_str!("../cuda/similarity.cu");
 const THREADS_PER_BLOCK: u32 = 256;
+/// score_batch's tile (BM × BN in similarity.cu): rows and queries per block.
+const TILE_ROWS: u32 = 64;
+const TILE_QUERIES: u32 = 64;
+/// Queries scored per pass over the matrix (one query tile: each row is read once per pass).
+const BATCH: usize = 64;
+/// Scores per block_topk segment (16 per thread): 1M rows → 245 segments × k candidates.
+const SEGMENT: usize = 4096;
+/// Above this k, all scores come back and the host selects.
+const MAX_DEVICE_K: usize = 256;
 
 #[derive(Debug)]
 pub struct GpuError(pub String);
@@ -68,7 +77,9 @@ pub fn measure_copy_bandwidth(ordinal: usize, bytes: usize) -> Result<f64, GpuEr
 
 pub struct GpuIndex {
     stream: Arc<CudaStream>,
-    score: CudaFunction,
+    score_rows: CudaFunction,
+    score_batch: CudaFunction,
+    block_topk: CudaFunction,
     dim: usize,
     metric: Metric,
     rows: usize,
@@ -76,6 +87,9 @@ pub struct GpuIndex {
     data: CudaSlice<f32>,
     sq_norms: CudaSlice<f32>,
     live: CudaSlice<u8>,
+    /// Per-slot prefilter bytes, uploaded per masked search.
+    mask: CudaSlice<u8>,
+    /// Scratch for one pass's scores (`queries × rows`); grows on demand.
     scores: CudaSlice<f32>,
     ids: Vec<u64>,
 }
@@ -90,15 +104,19 @@ impl GpuIndex {
         let stream = ctx.default_stream();
         let ptx = cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| GpuError(format!("NVRTC: {e:?}")))?;
         let module = ctx.load_module(ptx).map_err(err("load module"))?;
-        let score = module.load_function("score_rows").map_err(err("load score_rows"))?;
+        let load = |name: &str| module.load_function(name).map_err(|e| GpuError(format!("load {name}: {e:?}")));
+        let (score_rows, score_batch, block_topk) = (load("score_rows")?, load("score_batch")?, load("block_topk")?);
         let capacity = capacity.max(1);
         Ok(GpuIndex {
             data: stream.alloc_zeros(capacity * dim).map_err(err("alloc rows"))?,
             sq_norms: stream.alloc_zeros(capacity).map_err(err("alloc norms"))?,
             live: stream.alloc_zeros(capacity).map_err(err("alloc live"))?,
+            mask: stream.alloc_zeros(capacity).map_err(err("alloc mask"))?,
             scores: stream.alloc_zeros(capacity).map_err(err("alloc scores"))?,
             stream,
-            score,
+            score_rows,
+            score_batch,
+            block_topk,
             dim,
             metric,
             rows: 0,
@@ -143,6 +161,7 @@ impl GpuIndex {
             self.stream.memcpy_dtod(&self.live.slice(..n), &mut live.slice_mut(..n)).map_err(err("copy live"))?;
         }
         self.scores = self.stream.alloc_zeros(capacity).map_err(err("grow scores"))?;
+        self.mask = self.stream.alloc_zeros(capacity).map_err(err("grow mask"))?;
         self.data = data;
         self.sq_norms = sq_norms;
         self.live = live;
@@ -185,55 +204,157 @@ impl GpuIndex {
 
     /// The k nearest live rows to `query`, nearest first.
     pub fn search(&mut self, query: &[f32], k: usize) -> Result<Vec<Neighbor>, GpuError> {
-        assert_eq!(query.len(), self.dim, "query length");
-        if self.rows == 0 {
-            return Ok(Vec::new());
+        Ok(self.search_batch(query, k, None)?.pop().unwrap_or_default())
+    }
+
+    /// The k nearest live rows to each query (`queries` is `q × dim`, row-major), restricted to
+    /// the slots where `mask` is non-zero when given (one byte per resident row, in append
+    /// order). One query is one memory-bound pass (`score_rows`); a batch is one tiled-SGEMM
+    /// pass per 64 queries (`score_batch`). Selection runs on the device (`block_topk`) so only
+    /// k candidates per segment come back, unless k is too large for that to pay.
+    pub fn search_batch(&mut self, queries: &[f32], k: usize, mask: Option<&[u8]>) -> Result<Vec<Vec<Neighbor>>, GpuError> {
+        assert_eq!(queries.len() % self.dim, 0, "queries must be q × dim");
+        let n_queries = queries.len() / self.dim;
+        if self.rows == 0 || k == 0 {
+            return Ok(vec![Vec::new(); n_queries]);
         }
-        let mut q = query.to_vec();
-        let q_sq = dot(&q, &q);
-        if self.metric == Metric::Cosine && q_sq > 0.0 {
-            let norm = q_sq.sqrt();
-            q.iter_mut().for_each(|v| *v /= norm);
+        let use_mask: i32 = match mask {
+            Some(m) => {
+                assert_eq!(m.len(), self.rows, "one mask byte per resident row");
+                self.stream.memcpy_htod(m, &mut self.mask.slice_mut(..self.rows)).map_err(err("upload mask"))?;
+                1
+            }
+            None => 0,
+        };
+        let mut results = Vec::with_capacity(n_queries);
+        for chunk in queries.chunks(self.dim * BATCH) {
+            self.score_chunk(chunk, use_mask)?;
+            results.extend(self.select(chunk.len() / self.dim, k)?);
         }
-        let q_dev = self.stream.clone_htod(&q).map_err(err("upload query"))?;
+        Ok(results)
+    }
+
+    /// Scores up to BATCH queries into `self.scores` (`q × rows`, query-major).
+    fn score_chunk(&mut self, chunk: &[f32], use_mask: i32) -> Result<(), GpuError> {
+        let q = chunk.len() / self.dim;
+        let mut prepared = chunk.to_vec();
+        let mut q_norms = Vec::with_capacity(q);
+        for v in prepared.chunks_exact_mut(self.dim) {
+            let sq = dot(v, v);
+            if self.metric == Metric::Cosine && sq > 0.0 {
+                let norm = sq.sqrt();
+                v.iter_mut().for_each(|x| *x /= norm);
+                q_norms.push(1.0f32);
+            } else {
+                q_norms.push(sq);
+            }
+        }
+        if self.scores.len() < q * self.rows {
+            self.scores = self.stream.alloc_zeros(q * self.capacity).map_err(err("alloc scores"))?;
+        }
+        let q_dev = self.stream.clone_htod(&prepared).map_err(err("upload queries"))?;
         let metric: i32 = match self.metric {
             Metric::Cosine => 0,
             Metric::Dot => 1,
             Metric::L2 => 2,
         };
         let (dim, n) = (self.dim as i32, self.rows as i32);
-        let q_norm_arg = if self.metric == Metric::Cosine && q_sq > 0.0 { 1.0f32 } else { q_sq };
-        let warps_per_block = THREADS_PER_BLOCK / 32;
+        if q == 1 {
+            let warps_per_block = THREADS_PER_BLOCK / 32;
+            let cfg = LaunchConfig {
+                grid_dim: ((self.rows as u32).div_ceil(warps_per_block), 1, 1),
+                block_dim: (THREADS_PER_BLOCK, 1, 1),
+                shared_mem_bytes: (self.dim * 4) as u32,
+            };
+            let mut launch = self.stream.launch_builder(&self.score_rows);
+            launch
+                .arg(&self.data)
+                .arg(&self.sq_norms)
+                .arg(&self.live)
+                .arg(&self.mask)
+                .arg(&use_mask)
+                .arg(&q_dev)
+                .arg(&q_norms[0])
+                .arg(&metric)
+                .arg(&dim)
+                .arg(&n)
+                .arg(&mut self.scores);
+            // SAFETY: the argument list matches score_rows' signature; buffers hold ≥ n rows.
+            unsafe { launch.launch(cfg) }.map_err(err("launch score_rows"))?;
+        } else {
+            let norms_dev = self.stream.clone_htod(&q_norms).map_err(err("upload query norms"))?;
+            let n_queries = q as i32;
+            let cfg = LaunchConfig {
+                grid_dim: ((self.rows as u32).div_ceil(TILE_ROWS), (q as u32).div_ceil(TILE_QUERIES), 1),
+                block_dim: (THREADS_PER_BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self.stream.launch_builder(&self.score_batch);
+            launch
+                .arg(&self.data)
+                .arg(&self.sq_norms)
+                .arg(&self.live)
+                .arg(&self.mask)
+                .arg(&use_mask)
+                .arg(&q_dev)
+                .arg(&norms_dev)
+                .arg(&n_queries)
+                .arg(&metric)
+                .arg(&dim)
+                .arg(&n)
+                .arg(&mut self.scores);
+            // SAFETY: the argument list matches score_batch's signature; `scores` holds q × n.
+            unsafe { launch.launch(cfg) }.map_err(err("launch score_batch"))?;
+        }
+        Ok(())
+    }
+
+    /// The k nearest per query from `self.scores` (`q × rows`).
+    fn select(&mut self, q: usize, k: usize) -> Result<Vec<Vec<Neighbor>>, GpuError> {
+        let n = self.rows;
+        if k > MAX_DEVICE_K {
+            // Selecting thousands per segment on the device is slower than reading every score.
+            let scores = self.stream.clone_dtoh(&self.scores.slice(..q * n)).map_err(err("download scores"))?;
+            return Ok(scores.chunks(n).map(|s| self.host_topk(s.iter().copied().enumerate(), k)).collect());
+        }
+        let segments = n.div_ceil(SEGMENT);
+        let per_query = segments * k;
+        let mut dist: CudaSlice<f32> = self.stream.alloc_zeros(q * per_query).map_err(err("alloc candidates"))?;
+        let mut index: CudaSlice<i32> = self.stream.alloc_zeros(q * per_query).map_err(err("alloc candidates"))?;
         let cfg = LaunchConfig {
-            grid_dim: ((self.rows as u32).div_ceil(warps_per_block), 1, 1),
+            grid_dim: (segments as u32, q as u32, 1),
             block_dim: (THREADS_PER_BLOCK, 1, 1),
-            shared_mem_bytes: (self.dim * 4) as u32,
+            shared_mem_bytes: 0,
         };
-        let mut launch = self.stream.launch_builder(&self.score);
-        launch
-            .arg(&self.data)
-            .arg(&self.sq_norms)
-            .arg(&self.live)
-            .arg(&q_dev)
-            .arg(&q_norm_arg)
-            .arg(&metric)
-            .arg(&dim)
-            .arg(&n)
-            .arg(&mut self.scores);
-        // SAFETY: the argument list matches score_rows' signature; buffers hold ≥ n rows.
-        unsafe { launch.launch(cfg) }.map_err(err("launch score_rows"))?;
-        let scores = self.stream.clone_dtoh(&self.scores.slice(..self.rows)).map_err(err("download scores"))?;
+        let (n_arg, segment_arg, k_arg) = (n as i32, SEGMENT as i32, k as i32);
+        let mut launch = self.stream.launch_builder(&self.block_topk);
+        launch.arg(&self.scores).arg(&n_arg).arg(&segment_arg).arg(&k_arg).arg(&mut dist).arg(&mut index);
+        // SAFETY: the argument list matches block_topk's signature; outputs hold q × segments × k.
+        unsafe { launch.launch(cfg) }.map_err(err("launch block_topk"))?;
+        let dist = self.stream.clone_dtoh(&dist).map_err(err("download candidates"))?;
+        let index = self.stream.clone_dtoh(&index).map_err(err("download candidates"))?;
+        Ok((0..q)
+            .map(|qi| {
+                let range = qi * per_query..(qi + 1) * per_query;
+                let candidates = index[range.clone()].iter().zip(&dist[range]).filter(|(&i, _)| i >= 0).map(|(&i, &d)| (i as usize, d));
+                self.host_topk(candidates, k)
+            })
+            .collect())
+    }
+
+    /// Final selection on the host, with the CPU engine's tie rule (equal distances: smaller id).
+    fn host_topk(&self, scored: impl Iterator<Item = (usize, f32)>, k: usize) -> Vec<Neighbor> {
         let mut top = TopK::new(k);
-        for (i, d) in scores.into_iter().enumerate() {
+        for (slot, d) in scored {
             if d.is_finite() {
-                top.push(d, self.ids[i]);
+                top.push(d, self.ids[slot]);
             }
         }
-        Ok(top.into_sorted())
+        top.into_sorted()
     }
 
     /// Device memory held by the index, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.capacity * (self.dim * 4 + 4 + 1 + 4)
+        self.capacity * (self.dim * 4 + 4 + 1 + 1) + self.scores.len() * 4
     }
 }
