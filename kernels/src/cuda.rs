@@ -92,6 +92,9 @@ pub struct GpuIndex {
     /// Scratch for one pass's scores (`queries × rows`); grows on demand.
     scores: CudaSlice<f32>,
     ids: Vec<u64>,
+    /// Host copy of `live`, so many deletes cost one upload.
+    live_host: Vec<u8>,
+    dead: usize,
 }
 
 impl GpuIndex {
@@ -122,15 +125,18 @@ impl GpuIndex {
             rows: 0,
             capacity,
             ids: Vec::new(),
+            live_host: Vec::new(),
+            dead: 0,
         })
     }
 
+    /// Live rows.
     pub fn len(&self) -> usize {
-        self.rows
+        self.rows - self.dead
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.len() == 0
     }
 
     /// Prepares rows as the kernel expects them (normalised for cosine) with their |x|².
@@ -182,8 +188,37 @@ impl GpuIndex {
         self.stream.memcpy_htod(&norms, &mut self.sq_norms.slice_mut(start..start + n)).map_err(err("upload norms"))?;
         self.stream.memcpy_htod(&vec![1u8; n], &mut self.live.slice_mut(start..start + n)).map_err(err("upload live"))?;
         self.ids.extend_from_slice(ids);
+        self.live_host.resize(start + n, 1);
         self.rows += n;
         Ok(())
+    }
+
+    /// Row ids by slot (append order), deleted slots included.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// Whether a slot is live (not deleted).
+    pub fn is_live(&self, slot: usize) -> bool {
+        self.live_host[slot] != 0
+    }
+
+    /// Deleted slots still holding device memory (a rebuild reclaims them).
+    pub fn dead(&self) -> usize {
+        self.dead
+    }
+
+    /// Marks many slots deleted with one upload of the live bytes.
+    pub fn remove_many(&mut self, slots: &[usize]) -> Result<(), GpuError> {
+        for &slot in slots {
+            assert!(slot < self.rows);
+            if self.live_host[slot] != 0 {
+                self.live_host[slot] = 0;
+                self.dead += 1;
+            }
+        }
+        let n = self.rows;
+        self.stream.memcpy_htod(&self.live_host[..n], &mut self.live.slice_mut(..n)).map_err(err("upload live"))
     }
 
     /// Rewrites one resident row in place.
@@ -198,8 +233,7 @@ impl GpuIndex {
 
     /// Marks one resident row deleted (it scores +inf and is never returned).
     pub fn remove(&mut self, row: usize) -> Result<(), GpuError> {
-        assert!(row < self.rows);
-        self.stream.memcpy_htod(&[0u8], &mut self.live.slice_mut(row..row + 1)).map_err(err("delete row"))
+        self.remove_many(&[row])
     }
 
     /// The k nearest live rows to `query`, nearest first.

@@ -49,6 +49,10 @@ impl RowFilter {
         self.allowed.is_empty()
     }
 
+    pub fn contains(&self, id: u64) -> bool {
+        self.allowed.binary_search(&id).is_ok()
+    }
+
     /// Which rows of a segment (ids ascending) pass: a merge of two sorted lists.
     fn mask(&self, ids: &[u64]) -> Vec<bool> {
         let start = self.allowed.partition_point(|&a| a < ids.first().copied().unwrap_or(0));

@@ -14,7 +14,7 @@ pub const ACTIONS: &[ActionSpec] = &[
     ActionSpec {
         name: "create_table",
         description: "Create an empty multimodal table (id, embedding[dim], data_type, raw_data, metadata).",
-        example: r#"{"name": "sherlock_data", "dim": 384, "metric": "cosine"}"#,
+        example: r#"{"name": "sherlock_data", "dim": 384, "metric": "cosine"}  or  {"name": "sherlock_data", "embedding_model": "all-minilm-l6-v2"}"#,
     },
     ActionSpec {
         name: "drop_table",
@@ -62,6 +62,31 @@ pub const ACTIONS: &[ActionSpec] = &[
         example: r#"{"table": "sherlock_data"}"#,
     },
     ActionSpec {
+        name: "import_model",
+        description: "Import a model (Hugging Face directory: config.json, model.safetensors, tokenizer.json) into the `models` table, one row per layer (streams progress).",
+        example: r#"{"name": "all-minilm-l6-v2", "path": "models/all-minilm-l6-v2", "format": "auto"}"#,
+    },
+    ActionSpec {
+        name: "list_models",
+        description: "Models stored in the `models` table: architecture, layers, embedding dim, version.",
+        example: "{}",
+    },
+    ActionSpec {
+        name: "describe_model",
+        description: "A model's configuration, layers and tensors (names, shapes, dtypes).",
+        example: r#"{"name": "all-minilm-l6-v2"}"#,
+    },
+    ActionSpec {
+        name: "drop_model",
+        description: "Delete a model's rows from the `models` table.",
+        example: r#"{"name": "all-minilm-l6-v2"}"#,
+    },
+    ActionSpec {
+        name: "embed",
+        description: "Embed texts with a stored model; returns JSON vectors (a DoGet ticket {\"embed\": {...}} returns Arrow).",
+        example: r#"{"model": "all-minilm-l6-v2", "texts": ["a study in scarlet"]}"#,
+    },
+    ActionSpec {
         name: "health",
         description: "Server version, uptime and table count.",
         example: "{}",
@@ -81,6 +106,11 @@ pub mod names {
     pub const HEALTH: &str = "health";
     pub const CREATE_INDEX: &str = "create_index";
     pub const OPTIMIZE: &str = "optimize";
+    pub const IMPORT_MODEL: &str = "import_model";
+    pub const LIST_MODELS: &str = "list_models";
+    pub const DESCRIBE_MODEL: &str = "describe_model";
+    pub const DROP_MODEL: &str = "drop_model";
+    pub const EMBED: &str = "embed";
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -88,9 +118,53 @@ pub mod names {
 pub struct CreateTable {
     #[serde(alias = "table")]
     pub name: String,
-    pub dim: usize,
+    /// Vector length; taken from the model when `embedding_model` is given.
+    #[serde(default)]
+    pub dim: Option<usize>,
     #[serde(default)]
     pub metric: Metric,
+    /// A model in the `models` table: rows put without an embedding are embedded by it, and
+    /// searches may send `"text"`.
+    #[serde(default)]
+    pub embedding_model: Option<String>,
+}
+
+/// Where `import_model` reads a model from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// Decided from the path: a directory is `hf`, a `.gguf` file is `gguf`.
+    #[default]
+    Auto,
+    /// A Hugging Face-style directory: config.json, model.safetensors, tokenizer.json.
+    Hf,
+    Gguf,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImportModel {
+    pub name: String,
+    /// A path on the server's file system.
+    pub path: String,
+    #[serde(default)]
+    pub format: ModelFormat,
+}
+
+/// Body of actions that name one model (`describe_model`, `drop_model`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    #[serde(alias = "model")]
+    pub name: String,
+}
+
+/// Body of `embed`, and of a DoGet ticket `{"embed": {...}}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Embed {
+    pub model: String,
+    pub texts: Vec<String>,
 }
 
 /// Body of actions that name one table (`drop_table`, `describe_table`, `versions`).

@@ -26,6 +26,18 @@ pub mod columns {
     pub const METADATA: &str = "metadata";
     /// Added to search results: the distance to the query, smaller is closer.
     pub const DISTANCE: &str = "_distance";
+    /// On tables with an embedding model: the model version that produced the row's
+    /// embedding (null when the client sent the vector).
+    pub const EMBEDDING_MODEL_VERSION: &str = "embedding_model_version";
+}
+
+/// Column names of the `models` table (the paper's Foundational Model Storage).
+pub mod model_columns {
+    pub const TABLE: &str = "models";
+    pub const MODEL_NAME: &str = "model_name";
+    pub const LAYER_ID: &str = "layer_id";
+    pub const WEIGHTS: &str = "weights";
+    pub const METADATA: &str = "metadata";
 }
 
 /// Schema-metadata keys the server sets on result streams and stored tables.
@@ -34,4 +46,6 @@ pub mod schema_keys {
     pub const SEARCH_PATH: &str = "hyprstream.search_path";
     /// On stored tables: the table's default metric; on search results: the metric used.
     pub const METRIC: &str = "hyprstream.metric";
+    /// On stored tables: the name of the table's embedding model.
+    pub const EMBEDDING_MODEL: &str = "hyprstream.embedding_model";
 }

@@ -52,6 +52,9 @@ pub struct Query {
     /// Search: the query vector (length = the table's dim, finite values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f32>>,
+    /// Search by text: embedded by the table's `embedding_model` (instead of `vector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Search: number of neighbours (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<usize>,
@@ -83,8 +86,12 @@ impl Query {
         Query { table: table.into(), vector: Some(vector), k: Some(k), ..Default::default() }
     }
 
+    pub fn search_text(table: impl Into<String>, text: impl Into<String>, k: usize) -> Self {
+        Query { table: table.into(), text: Some(text.into()), k: Some(k), ..Default::default() }
+    }
+
     pub fn is_search(&self) -> bool {
-        self.vector.is_some()
+        self.vector.is_some() || self.text.is_some()
     }
 
     pub fn to_json(&self) -> String {

@@ -10,6 +10,17 @@ pub struct PutSummary {
     pub inserted: u64,
     pub updated: u64,
     pub version: u64,
+    /// Rows the table's embedding model embedded in this put (text rows sent without a vector).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub embedded: u64,
+    /// Rows sent without a vector that the model cannot embed (e.g. images on a text model):
+    /// stored with a null embedding, so search never returns them until they get one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_embedded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -38,6 +49,9 @@ pub struct TableDescription {
     /// Length of the `embedding` vectors; absent for a table without one.
     pub dim: Option<usize>,
     pub metric: Metric,
+    /// The model that embeds rows put without a vector and `"text"` queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
     pub version: u64,
     pub versions: Vec<u64>,
     pub schema: Vec<ColumnInfo>,
@@ -116,4 +130,70 @@ pub struct OptimizeSummary {
     pub fragments_removed: u64,
     pub fragments_added: u64,
     pub version: u64,
+}
+
+/// One row of `list_models`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ModelSummary {
+    pub name: String,
+    pub architecture: String,
+    /// Rows (layers) the model has in the `models` table.
+    pub num_layers: usize,
+    /// Embedding length of an encoder.
+    pub dim: Option<usize>,
+    /// Content version: the first 16 hex digits of the sha256 over the model's stored layers.
+    /// Rows record it in `embedding_model_version`.
+    pub version: String,
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LayerInfo {
+    pub layer_id: i32,
+    /// `embeddings`, `encoder.layer.N`, `pooler`.
+    pub name: String,
+    pub tensors: Vec<TensorInfo>,
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ModelDescription {
+    #[serde(flatten)]
+    pub summary: ModelSummary,
+    pub max_seq_length: Option<usize>,
+    pub pooling: Option<String>,
+    /// The architecture's configuration (Hugging Face `config.json`).
+    pub config: serde_json::Value,
+    pub layers: Vec<LayerInfo>,
+    /// Version of the `models` table the description was read from.
+    pub table_version: u64,
+}
+
+/// One message of `import_model`'s result stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ImportProgress {
+    /// `reading`, `layer` (one per layer written), then `done`.
+    pub stage: String,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<LayerInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<ModelSummary>,
+    pub seconds: f64,
+}
+
+/// Result of `embed`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EmbedResult {
+    pub model: String,
+    pub version: String,
+    pub dim: usize,
+    pub embeddings: Vec<Vec<f32>>,
 }

@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 
 pub mod error;
 pub mod flight;
+pub mod ml;
 pub mod service;
 pub mod store;
 
@@ -28,6 +29,39 @@ pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub addr: String,
+    /// Where models run (`--device`).
+    pub device: ml::Device,
+    /// Models imported at startup unless already stored: (name, Hugging Face directory).
+    pub import_models: Vec<(String, PathBuf)>,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, addr: impl Into<String>) -> Self {
+        ServerConfig { data_dir: data_dir.into(), addr: addr.into(), device: ml::Device::Auto, import_models: Vec::new() }
+    }
+}
+
+/// Imports the startup models that the `models` table does not hold yet.
+async fn import_startup_models(tables: &TableService, models: &[(String, PathBuf)]) -> anyhow_lite::Result<()> {
+    for (name, path) in models {
+        let stored = tables.stored_model(name).await.map_err(|e| anyhow_lite::msg(e.to_string()))?;
+        if stored.is_some() {
+            tracing::info!(model = %name, "model already stored");
+            continue;
+        }
+        // Progress goes to the log here; nobody reads the channel.
+        let (progress, _) = tokio::sync::mpsc::channel(1);
+        let request = hyprstream_proto::actions::ImportModel {
+            name: name.clone(),
+            path: path.display().to_string(),
+            format: hyprstream_proto::actions::ModelFormat::Auto,
+        };
+        tables
+            .import_model(request, progress)
+            .await
+            .map_err(|e| anyhow_lite::msg(format!("importing model '{name}' from {}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Binds, then serves until `shutdown` resolves. In-flight calls finish before it returns;
@@ -38,7 +72,10 @@ pub async fn serve(
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow_lite::Result<()> {
     let store = Store::open(&config.data_dir).map_err(|e| anyhow_lite::msg(e.to_string()))?;
+    ml::resolve_device(config.device).map_err(anyhow_lite::msg)?;
+    service::gpu::configure(config.device).map_err(anyhow_lite::msg)?;
     let tables = Arc::new(TableService::new(store));
+    import_startup_models(&tables, &config.import_models).await?;
     let auth: Arc<dyn Authenticator> = Arc::new(AllowAll);
     let flight = FlightServiceServer::new(HyprstreamFlight::new(tables, auth))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

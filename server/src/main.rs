@@ -14,6 +14,13 @@ struct Args {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "HYPRSTREAM_ADDR", default_value = "127.0.0.1:50051")]
     addr: String,
+    /// Where models run: `cpu`, `cuda:N` or `auto`.
+    #[arg(long, env = "HYPRSTREAM_DEVICE", default_value = "auto")]
+    device: hyprstream_server::ml::Device,
+    /// `NAME=DIR`: import the Hugging Face model directory DIR as model NAME at startup,
+    /// unless the `models` table already holds NAME (repeatable; env: comma-separated).
+    #[arg(long = "import-model", env = "HYPRSTREAM_IMPORT_MODELS", value_delimiter = ',', value_parser = parse_import)]
+    import_models: Vec<(String, PathBuf)>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HYPRSTREAM_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -30,7 +37,7 @@ fn main() {
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let config = ServerConfig { data_dir: args.data_dir, addr: args.addr };
+    let config = ServerConfig { data_dir: args.data_dir, addr: args.addr, device: args.device, import_models: args.import_models };
     let result = runtime.block_on(serve(config, shutdown_signal(), |addr| {
         // One line on stdout that scripts and tests wait for.
         println!("hyprstream-server listening on {addr}");
@@ -38,6 +45,13 @@ fn main() {
     if let Err(e) = result {
         tracing::error!(error = %e, "hyprstream-server failed");
         std::process::exit(1);
+    }
+}
+
+fn parse_import(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_string(), PathBuf::from(dir))),
+        _ => Err(format!("'{s}': use NAME=DIR, e.g. all-minilm-l6-v2=models/all-minilm-l6-v2")),
     }
 }
 

@@ -39,7 +39,20 @@ impl Server {
 
     /// Starts a server over an existing data directory (for restart tests).
     pub fn start_in(data_dir: PathBuf) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    /// A server over a fresh directory with extra command-line arguments.
+    pub fn start_args(args: &[&str]) -> Server {
+        let temp = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut s = Server::start_with(temp.path().to_path_buf(), args);
+        s._temp = Some(temp);
+        s
+    }
+
+    fn start_with(data_dir: PathBuf, args: &[&str]) -> Server {
         let mut child = Command::new(server_binary())
+            .args(args)
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--addr")

@@ -5,6 +5,8 @@ mod cli;
 mod common;
 mod errors;
 mod flight_surface;
+mod gpu;
 mod indexes;
 mod ingest_search;
 mod lifecycle;
+mod models;

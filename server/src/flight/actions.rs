@@ -3,8 +3,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use hyprstream_proto::actions::{names, CreateIndex, CreateTable, Delete, NoArgs, Restore, TableRef};
-use hyprstream_proto::{IndexProgress, ACTIONS};
+use hyprstream_proto::actions::{names, CreateIndex, CreateTable, Delete, Embed, ImportModel, ModelRef, NoArgs, Restore, TableRef};
+use hyprstream_proto::{EmbedResult, IndexProgress, ACTIONS};
 
 use super::encode::json_bytes;
 use super::request::{parse_json, parse_query};
@@ -17,6 +17,9 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
     let what = format!("action '{name}' body");
     if name == names::CREATE_INDEX {
         return create_index(tables.clone(), parse_json::<CreateIndex>(&what, body)?).await;
+    }
+    if name == names::IMPORT_MODEL {
+        return Ok(import_model(tables.clone(), parse_json::<ImportModel>(&what, body)?));
     }
     let result = match name {
         names::CREATE_TABLE => json_bytes(&tables.create_table(parse_json::<CreateTable>(&what, body)?).await?),
@@ -31,6 +34,17 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
         names::VERSIONS => json_bytes(&tables.versions(&parse_json::<TableRef>(&what, body)?.name).await?),
         names::RESTORE => json_bytes(&tables.restore(parse_json::<Restore>(&what, body)?).await?),
         names::OPTIMIZE => json_bytes(&tables.optimize(&parse_json::<TableRef>(&what, body)?.name).await?),
+        names::LIST_MODELS => {
+            parse_json::<NoArgs>(&what, body)?;
+            json_bytes(&tables.list_models().await?)
+        }
+        names::DESCRIBE_MODEL => json_bytes(&tables.describe_model(&parse_json::<ModelRef>(&what, body)?.name).await?),
+        names::DROP_MODEL => json_bytes(&tables.drop_model(&parse_json::<ModelRef>(&what, body)?.name).await?),
+        names::EMBED => {
+            let req = parse_json::<Embed>(&what, body)?;
+            let (encoder, embeddings) = tables.embed_texts(&req).await?;
+            json_bytes(&EmbedResult { model: req.model, version: encoder.version.clone(), dim: encoder.dim, embeddings })
+        }
         names::HEALTH => {
             parse_json::<NoArgs>(&what, body)?;
             json_bytes(&tables.health()?)
@@ -53,4 +67,21 @@ async fn create_index(tables: Arc<TableService>, req: CreateIndex) -> Result<Box
         json_bytes(&IndexProgress { stage: "done".into(), table: req.table, index: Some(index), version: Some(version), seconds })
     };
     Ok(stream::once(async { Ok(first) }).chain(stream::once(build)).boxed())
+}
+
+/// `import_model` streams `reading`, one `layer` per layer, then `done`; a failure ends the
+/// stream with its status. The import runs to its commit even if the client goes away.
+fn import_model(tables: Arc<TableService>, req: ImportModel) -> BoxStream<'static, Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(async move { tables.import_model(req, tx).await });
+    let progress = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (json_bytes(&p), rx)) });
+    let outcome = stream::once(async move {
+        match task.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(Err(e)),
+            Err(e) => Some(Err(Error::internal(format!("import task failed: {e}")))),
+        }
+    })
+    .filter_map(|item| async move { item });
+    progress.chain(outcome).boxed()
 }

@@ -2,6 +2,7 @@
 //! action bodies (all UTF-8 JSON, see `docs/protocol.md`).
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::FlightDescriptor;
+use hyprstream_proto::actions::Embed;
 use hyprstream_proto::{PutCommand, PutMode, Query};
 use serde::de::DeserializeOwned;
 
@@ -16,6 +17,27 @@ pub fn parse_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 
 pub fn parse_query(what: &str, bytes: &[u8]) -> Result<Query> {
     parse_json(what, bytes)
+}
+
+/// What a DoGet ticket asks for: a scan or search, or `{"embed": {"model", "texts"}}`.
+pub enum TicketRequest {
+    Query(Query),
+    Embed(Embed),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedTicket {
+    embed: Embed,
+}
+
+pub fn parse_ticket(bytes: &[u8]) -> Result<TicketRequest> {
+    let value: serde_json::Value = parse_json("ticket", bytes)?;
+    if value.get("embed").is_some() {
+        Ok(TicketRequest::Embed(parse_json::<EmbedTicket>("embed ticket", bytes)?.embed))
+    } else {
+        parse_query("ticket", bytes).map(TicketRequest::Query)
+    }
 }
 
 /// What a descriptor names: a table (path), or a query (command).

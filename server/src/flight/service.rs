@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Authenticator;
 use super::encode::{json_bytes, record_batches, schema_bytes};
-use super::request::{parse_descriptor, parse_put_descriptor, parse_query, Target};
+use super::request::{parse_descriptor, parse_put_descriptor, parse_ticket, Target, TicketRequest};
 use super::status::to_status;
 use super::actions;
 use crate::error::Error;
@@ -147,7 +147,13 @@ impl FlightService for HyprstreamFlight {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         self.authorize(&request)?;
-        let query = parse_query("ticket", &request.get_ref().ticket).map_err(to_status)?;
+        let query = match parse_ticket(&request.get_ref().ticket).map_err(to_status)? {
+            TicketRequest::Query(query) => query,
+            TicketRequest::Embed(req) => {
+                let output = self.tables.embed_rows(&req).await.map_err(to_status)?;
+                return Ok(Response::new(record_batches(output.schema, output.batches)));
+            }
+        };
         let started = std::time::Instant::now();
         let output = self.tables.query(&query).await.map_err(to_status)?;
         tracing::debug!(table = %query.table, search = query.is_search(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "do_get planned");

@@ -15,15 +15,42 @@ use lance::dataset::Dataset;
 use lance::table::format::Fragment;
 use tokio::sync::RwLock;
 
+use super::gpu::{search_device, GpuMirror};
 use crate::error::Result;
 use crate::store::{lance_error, row_ids, vector_block};
 
 pub struct TableEngine {
     pub index: FlatIndex,
+    /// The same rows on the GPU, when searches may use one (a GPU failure drops it: the CPU
+    /// index is always complete).
+    pub gpu: Option<Mutex<GpuMirror>>,
     /// The table version the index reflects.
     pub version: u64,
     /// Each loaded fragment as it was when loaded (to see what changed).
     fragments: BTreeMap<u32, Fragment>,
+}
+
+impl TableEngine {
+    fn new(dim: usize, metric: KernelMetric) -> Self {
+        let gpu = search_device().and_then(|device| match GpuMirror::new(device, dim, metric) {
+            Ok(mirror) => Some(Mutex::new(mirror)),
+            Err(e) => {
+                tracing::warn!(error = %e, "GPU search index unavailable; this table is searched on the CPU");
+                None
+            }
+        });
+        TableEngine { index: FlatIndex::new(dim, metric), gpu, version: 0, fragments: BTreeMap::new() }
+    }
+
+    /// Applies one change to the GPU mirror; on failure the mirror is dropped (logged).
+    fn mirror(&mut self, change: impl FnOnce(&mut GpuMirror) -> std::result::Result<(), String>) {
+        let Some(gpu) = &self.gpu else { return };
+        let result = change(&mut gpu.lock().expect("gpu mirror poisoned"));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "GPU search index dropped; this table is searched on the CPU");
+            self.gpu = None;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -49,19 +76,16 @@ pub async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usiz
     if engine.as_ref().is_some_and(|e| e.version == version) {
         return Ok(());
     }
-    let state = engine.get_or_insert_with(|| TableEngine {
-        index: FlatIndex::new(dim, metric),
-        version: 0,
-        fragments: BTreeMap::new(),
-    });
+    let state = engine.get_or_insert_with(|| TableEngine::new(dim, metric));
     if state.index.dim() != dim {
         // The table was overwritten with another dim: start over.
-        *state = TableEngine { index: FlatIndex::new(dim, metric), version: 0, fragments: BTreeMap::new() };
+        *state = TableEngine::new(dim, metric);
     }
     let current: BTreeMap<u32, &Fragment> = dataset.fragments().iter().map(|f| (f.id as u32, f)).collect();
     let gone: Vec<u32> = state.fragments.keys().filter(|id| !current.contains_key(id)).copied().collect();
     for id in gone {
         state.index.remove_segment(id);
+        state.mirror(|g| g.remove_segment(id));
         state.fragments.remove(&id);
     }
     let (mut loaded, mut trimmed) = (0usize, 0usize);
@@ -72,10 +96,12 @@ pub async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usiz
                 // Only the deletion vector changed: mark the rows it removed.
                 let live = fragment_row_ids(dataset, fragment).await?;
                 state.index.retain_in_segment(id, &live);
+                state.mirror(|g| g.retain_in_segment(id, &live));
                 trimmed += 1;
             }
             _ => {
                 let (ids, vectors, valid) = fragment_vectors(dataset, fragment, dim).await?;
+                state.mirror(|g| g.insert_segment(id, &ids, &vectors, &valid, dim));
                 state.index.insert_segment(id, ids, vectors, Some(valid));
                 loaded += 1;
             }

@@ -10,8 +10,9 @@ use std::time::Instant;
 use arrow_schema::{Schema, SchemaRef};
 use futures::stream::BoxStream;
 use hyprstream_proto::actions::{CreateTable, Delete, Restore};
-use hyprstream_proto::columns::EMBEDDING;
-use hyprstream_proto::schema_keys::METRIC as TABLE_METRIC;
+use hyprstream_proto::columns::{EMBEDDING, EMBEDDING_MODEL_VERSION};
+use hyprstream_proto::model_columns::TABLE as MODELS_TABLE;
+use hyprstream_proto::schema_keys::{EMBEDDING_MODEL, METRIC as TABLE_METRIC};
 use hyprstream_proto::{
     ColumnInfo, DeleteSummary, DropSummary, Health, IndexInfo, Metric, RestoreSummary, TableDescription,
     TableSummary, VersionInfo,
@@ -22,8 +23,10 @@ use crate::error::{Error, Result};
 use crate::store::{dataset_schema, Store};
 
 mod engine;
+pub mod gpu;
 mod indexes;
 pub mod ingest;
+pub mod models;
 mod put;
 mod query;
 
@@ -36,6 +39,8 @@ pub struct TableService {
     store: Store,
     write_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     engines: engine::Engines,
+    model_cache: models::ModelCache,
+    model_device: burn::tensor::Device<crate::ml::ModelBackend>,
     started: Instant,
 }
 
@@ -59,6 +64,21 @@ pub fn table_metric(schema: &Schema) -> Metric {
     schema.metadata().get(TABLE_METRIC).and_then(|m| Metric::parse(m)).unwrap_or_default()
 }
 
+/// The table's embedding model (schema metadata `hyprstream.embedding_model`), if it has one.
+pub fn table_embedding_model(schema: &Schema) -> Option<String> {
+    schema.metadata().get(EMBEDDING_MODEL).cloned()
+}
+
+/// `create_table` and `drop_table` leave the `models` table to the model actions.
+fn refuse_models_table(name: &str) -> Result<()> {
+    if name == MODELS_TABLE {
+        return Err(Error::invalid(format!(
+            "'{MODELS_TABLE}' holds the stored models: use import_model / drop_model (it can be scanned and its layers upserted like any table)"
+        )));
+    }
+    Ok(())
+}
+
 /// Length of the table's `embedding` vectors.
 pub fn table_dim(schema: &Schema) -> Option<usize> {
     match schema.field_with_name(EMBEDDING).ok()?.data_type() {
@@ -69,7 +89,14 @@ pub fn table_dim(schema: &Schema) -> Option<usize> {
 
 impl TableService {
     pub fn new(store: Store) -> Self {
-        TableService { store, write_locks: Mutex::new(HashMap::new()), engines: Default::default(), started: Instant::now() }
+        TableService {
+            store,
+            write_locks: Mutex::new(HashMap::new()),
+            engines: Default::default(),
+            model_cache: Default::default(),
+            model_device: Default::default(),
+            started: Instant::now(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -92,8 +119,28 @@ impl TableService {
 
     pub async fn create_table(&self, req: CreateTable) -> Result<TableDescription> {
         validate_table_name(&req.name)?;
-        if req.dim == 0 || req.dim > MAX_DIM {
-            return Err(Error::invalid(format!("dim must be between 1 and {MAX_DIM}, got {}", req.dim)));
+        refuse_models_table(&req.name)?;
+        let dim = match (&req.embedding_model, req.dim) {
+            (Some(model), dim) => {
+                let encoder = self.encoder(model).await?;
+                if dim.is_some_and(|d| d != encoder.dim) {
+                    return Err(Error::invalid(format!(
+                        "dim {} does not match model '{model}', which makes {}-d vectors: leave \"dim\" out",
+                        dim.unwrap_or(0),
+                        encoder.dim
+                    )));
+                }
+                encoder.dim
+            }
+            (None, Some(dim)) => dim,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "create_table needs \"dim\" (the vector length), or \"embedding_model\" to take it from a stored model",
+                ))
+            }
+        };
+        if dim == 0 || dim > MAX_DIM {
+            return Err(Error::invalid(format!("dim must be between 1 and {MAX_DIM}, got {dim}")));
         }
         let _guard = self.write_lock(&req.name).await;
         if self.store.exists(&req.name) {
@@ -102,17 +149,25 @@ impl TableService {
                 req.name
             )));
         }
-        let mut schema = ingest::multimodal_schema(req.dim);
+        let mut schema = ingest::multimodal_schema(dim);
         schema.metadata.insert(TABLE_METRIC.to_string(), req.metric.as_str().to_string());
+        if let Some(model) = &req.embedding_model {
+            // Which model version embedded each row, so rows can be re-embedded when it changes.
+            let mut fields: Vec<arrow_schema::Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(arrow_schema::Field::new(EMBEDDING_MODEL_VERSION, arrow_schema::DataType::Utf8, true));
+            schema = Schema::new_with_metadata(fields, schema.metadata.clone());
+            schema.metadata.insert(EMBEDDING_MODEL.to_string(), model.clone());
+        }
         self.store
             .write(&req.name, lance::dataset::WriteMode::Create, Arc::new(schema), Vec::new())
             .await?;
-        tracing::info!(table = %req.name, dim = req.dim, metric = req.metric.as_str(), "table created");
+        tracing::info!(table = %req.name, dim, metric = req.metric.as_str(), model = ?req.embedding_model, "table created");
         self.describe(&req.name).await
     }
 
     pub async fn drop_table(&self, name: &str) -> Result<DropSummary> {
         validate_table_name(name)?;
+        refuse_models_table(name)?;
         let _guard = self.write_lock(name).await;
         self.store.drop_table(name).await?;
         self.engines.forget(name);
@@ -147,6 +202,7 @@ impl TableService {
             rows: self.store.count_rows(&dataset, None).await?,
             dim: table_dim(&schema),
             metric: table_metric(&schema),
+            embedding_model: table_embedding_model(&schema),
             version: dataset.version().version,
             versions,
             schema: schema

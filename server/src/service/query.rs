@@ -49,6 +49,8 @@ struct SearchPlan {
 enum SearchPath {
     /// The table's in-memory engine, kept in step with the latest version.
     Memory,
+    /// The same engine's GPU mirror (large tables, when a GPU is configured).
+    MemoryGpu,
     /// A pinned older version: its vectors are streamed from Lance.
     VersionScan,
     /// A Lance vector index (`"exact": false` on an indexed table).
@@ -59,6 +61,7 @@ impl SearchPath {
     fn as_str(self) -> &'static str {
         match self {
             SearchPath::Memory => "exact_cpu",
+            SearchPath::MemoryGpu => "exact_gpu",
             SearchPath::VersionScan => "exact_cpu_scan",
             SearchPath::Ann => "ann",
         }
@@ -103,14 +106,15 @@ impl TableService {
             columns.iter().map(|c| table_schema.field_with_name(c).expect("checked").clone()).collect();
 
         let ann_knobs = q.nprobes.is_some() || q.ef.is_some() || q.refine.is_some();
-        let search = match &q.vector {
+        let text_vector = self.text_vector(q, &table_schema).await?;
+        let search = match text_vector.as_ref().or(q.vector.as_ref()) {
             None => {
                 if wants_distance {
                     return Err(Error::invalid("'_distance' exists only in search results: add a \"vector\""));
                 }
                 if q.k.is_some() || q.metric.is_some() || q.exact.is_some() || ann_knobs {
                     return Err(Error::invalid(
-                        "\"k\", \"metric\", \"exact\", \"nprobes\", \"ef\" and \"refine\" apply to searches: add a \"vector\"",
+                        "\"k\", \"metric\", \"exact\", \"nprobes\", \"ef\" and \"refine\" apply to searches: add a \"vector\" (or \"text\")",
                     ));
                 }
                 None
@@ -160,6 +164,22 @@ impl TableService {
         Ok(Plan { dataset, columns, schema, search })
     }
 
+    /// A `"text"` query's vector, embedded by the table's model.
+    async fn text_vector(&self, q: &Query, table_schema: &Schema) -> Result<Option<Vec<f32>>> {
+        let Some(text) = &q.text else { return Ok(None) };
+        if q.vector.is_some() {
+            return Err(Error::invalid("send either \"vector\" or \"text\", not both"));
+        }
+        let model = super::table_embedding_model(table_schema).ok_or_else(|| {
+            Error::invalid(format!(
+                "table '{}' has no embedding model, so \"text\" cannot be embedded: send a \"vector\", or create the table with create_table {{\"name\", \"embedding_model\": \"all-minilm-l6-v2\"}}",
+                q.table
+            ))
+        })?;
+        let (_, mut vectors) = self.embed(&model, vec![text.clone()]).await?;
+        Ok(vectors.pop())
+    }
+
     /// The schema `q` would return, without running it.
     pub async fn query_schema(&self, q: &Query) -> Result<SchemaRef> {
         let plan = self.plan(q).await?;
@@ -191,35 +211,41 @@ impl TableService {
             }
             Some(ref search) => {
                 let started = std::time::Instant::now();
-                let (hits, dataset) = match search.path {
-                    SearchPath::Memory => self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone()).await?,
+                let (hits, dataset, path) = match search.path {
+                    SearchPath::Memory | SearchPath::MemoryGpu => {
+                        self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone()).await?
+                    }
                     SearchPath::VersionScan | SearchPath::Ann => {
-                        (self.search_scan(&plan.dataset, search, q.filter.clone()).await?, plan.dataset.clone())
+                        (self.search_scan(&plan.dataset, search, q.filter.clone()).await?, plan.dataset.clone(), search.path)
                     }
                 };
                 let ranked = started.elapsed();
-                let batch = self.hit_rows(&plan, &dataset, &hits).await?;
+                // The engine picks CPU or GPU after syncing (by table size): report what answered.
+                let mut metadata = plan.schema.metadata().clone();
+                metadata.insert(SEARCH_PATH.to_string(), path.as_str().to_string());
+                let schema = Arc::new(plan.schema.as_ref().clone().with_metadata(metadata));
+                let batch = self.hit_rows(&plan, &dataset, &hits).await?.with_schema(schema.clone())?;
                 tracing::debug!(
                     table = %q.table,
-                    path = search.path.as_str(),
+                    path = path.as_str(),
                     rank_ms = ranked.as_secs_f64() * 1e3,
                     fetch_ms = (started.elapsed() - ranked).as_secs_f64() * 1e3,
                     "search answered"
                 );
-                Ok(QueryOutput { schema: plan.schema, batches: stream::iter([Ok(batch)]).boxed() })
+                Ok(QueryOutput { schema, batches: stream::iter([Ok(batch)]).boxed() })
             }
         }
     }
 
     /// Search through the table's in-memory engine, first brought up to the latest version.
-    /// Returns the hits and the dataset version they refer to.
+    /// Returns the hits, the dataset version they refer to, and which device answered.
     async fn search_memory(
         &self,
         table: &str,
         mut dataset: Dataset,
         search: &SearchPlan,
         filter: Option<String>,
-    ) -> Result<(Vec<Neighbor>, Dataset)> {
+    ) -> Result<(Vec<Neighbor>, Dataset, SearchPath)> {
         let slot = self.engines.slot(table, search.query.metric());
         let mut engine = slot.write().await;
         if engine.as_ref().is_some_and(|e| e.version > dataset.version().version) {
@@ -232,9 +258,19 @@ impl TableService {
             None => None,
             Some(f) => Some(self.filter_rows(&dataset, f).await?),
         };
-        let index = &engine.as_ref().expect("synced").index;
-        let hits = tokio::task::block_in_place(|| index.search(search.query.vector(), search.k, row_filter.as_ref()));
-        Ok((hits, dataset))
+        let state = engine.as_ref().expect("synced");
+        if let Some(gpu) = state.gpu.as_ref().filter(|_| state.index.len() >= super::gpu::GPU_MIN_ROWS) {
+            let result = tokio::task::block_in_place(|| {
+                gpu.lock().expect("gpu mirror poisoned").search(search.query.vector(), search.k, row_filter.as_ref())
+            });
+            match result {
+                Ok(hits) => return Ok((hits, dataset, SearchPath::MemoryGpu)),
+                // The CPU index holds the same rows: answer from it.
+                Err(e) => tracing::warn!(table, error = %e, "GPU search failed; answered on the CPU"),
+            }
+        }
+        let hits = tokio::task::block_in_place(|| state.index.search(search.query.vector(), search.k, row_filter.as_ref()));
+        Ok((hits, dataset, SearchPath::Memory))
     }
 
     /// Search through a Lance vector index (approximate; unindexed rows searched exactly).
@@ -312,8 +348,8 @@ impl TableService {
 
     /// The `search` action: hits as JSON-friendly structs.
     pub async fn search_hits(&self, q: &Query) -> Result<Vec<SearchHit>> {
-        if q.vector.is_none() {
-            return Err(Error::invalid("the search action needs a \"vector\""));
+        if q.vector.is_none() && q.text.is_none() {
+            return Err(Error::invalid("the search action needs a \"vector\" (or \"text\" on a table with an embedding model)"));
         }
         validate_table_name(&q.table)?;
         let table_schema = dataset_schema(&self.store().dataset(&q.table, q.version).await?);

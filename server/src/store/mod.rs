@@ -184,12 +184,12 @@ impl Store {
         &self,
         table: &str,
         dataset: Dataset,
-        key: &str,
+        keys: &[&str],
         on_match: OnMatch,
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<(Dataset, MergeCounts)> {
-        let mut builder = MergeInsertBuilder::try_new(Arc::new(dataset), vec![key.to_string()])
+        let mut builder = MergeInsertBuilder::try_new(Arc::new(dataset), keys.iter().map(|k| k.to_string()).collect())
             .map_err(lance_error)?;
         builder
             .when_matched(match on_match {
@@ -202,7 +202,8 @@ impl Store {
         let (dataset, stats) = job.execute_reader(reader).await.map_err(|e| match on_match {
             // Lance reports a key collision under WhenMatched::Fail only in its message.
             OnMatch::Fail if e.to_string().contains("found matching row") => Error::already_exists(format!(
-                "append: some `{key}` values already exist in the table; use mode \"upsert\" to replace them"
+                "append: some `{}` values already exist in the table; use mode \"upsert\" to replace them",
+                keys.join(", ")
             )),
             _ => lance_error(e),
         })?;

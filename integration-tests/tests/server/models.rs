@@ -1,0 +1,312 @@
+//! Models as data: import into the `models` table, embedding fidelity against the reference
+//! fixtures, auto-embedding on put, text search, layer writes checked against the architecture.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Int32Array, LargeBinaryArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use hyprstream_client::proto::Query;
+use hyprstream_client::HyprstreamClient;
+use tonic::Code;
+
+use crate::common::*;
+
+const MODEL: &str = "all-minilm-l6-v2";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The model directory `make models` unpacks (HYPRSTREAM_MODELS_DIR overrides `./models`).
+fn model_dir() -> String {
+    let root = std::env::var("HYPRSTREAM_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    let dir = root.join(MODEL);
+    assert!(dir.join("model.safetensors").exists(), "{} missing: run `make models`", dir.display());
+    dir.canonicalize().unwrap().display().to_string()
+}
+
+async fn import(client: &mut HyprstreamClient) -> Vec<hyprstream_client::proto::ImportProgress> {
+    client.import_model(MODEL, &model_dir()).await.expect("import_model")
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|y| y.powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// The `weights` blob and metadata of one stored layer, read by a plain DoGet scan.
+async fn stored_layer(client: &mut HyprstreamClient, layer: i32) -> (Vec<u8>, serde_json::Value) {
+    let q = Query { filter: Some(format!("model_name = '{MODEL}' AND layer_id = {layer}")), ..Query::scan("models") };
+    let rows = client.query(&q).await.unwrap();
+    let batch = rows.batches.iter().find(|b| b.num_rows() > 0).expect("layer row");
+    let weights = batch.column_by_name("weights").unwrap().as_binary::<i64>().value(0).to_vec();
+    let meta = batch.column_by_name("metadata").unwrap().as_string::<i32>().value(0).to_string();
+    (weights, serde_json::from_str(&meta).unwrap())
+}
+
+/// The JSON header of a safetensors buffer.
+fn safetensors_header(bytes: &[u8]) -> (usize, serde_json::Value) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (8 + n, serde_json::from_slice(&bytes[8..8 + n]).unwrap())
+}
+
+fn layer_put(model: &str, layer: i32, weights: Vec<u8>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("model_name", DataType::Utf8, false),
+        Field::new("layer_id", DataType::Int32, false),
+        Field::new("weights", DataType::LargeBinary, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![model])),
+        Arc::new(Int32Array::from(vec![layer])),
+        Arc::new(LargeBinaryArray::from_iter_values([weights])),
+    ];
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_describe_scan_and_embed_like_the_reference() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    assert_status(client.embed(MODEL, &["x"]).await, Code::NotFound, "import_model");
+
+    let progress = import(&mut client).await;
+    let stages: Vec<&str> = progress.iter().map(|p| p.stage.as_str()).collect();
+    assert_eq!(stages.first(), Some(&"reading"));
+    assert_eq!(stages.iter().filter(|s| **s == "layer").count(), 8, "embeddings + 6 blocks + head: {stages:?}");
+    let done = progress.last().unwrap();
+    assert_eq!(done.stage, "done");
+    let summary = done.summary.clone().unwrap();
+    assert_eq!((summary.num_layers, summary.dim, summary.architecture.as_str()), (8, Some(384), "bert"));
+    assert_eq!(summary.version.len(), 16);
+
+    let models = client.list_models().await.unwrap();
+    assert_eq!(models, vec![summary.clone()]);
+    let d = client.describe_model(MODEL).await.unwrap();
+    assert_eq!(d.max_seq_length, Some(256));
+    assert_eq!(d.config["num_hidden_layers"], 6);
+    let block = d.layers.iter().find(|l| l.layer_id == 1).unwrap();
+    assert_eq!(block.name, "encoder.layer.0");
+    let q = block.tensors.iter().find(|t| t.name == "encoder.layer.0.attention.self.query.weight").unwrap();
+    assert_eq!(q.shape, vec![384, 384]);
+
+    // The models table is a table: scan it, read a layer's safetensors blob like Python would.
+    let scanned = client.scan("models").await.unwrap();
+    assert_eq!(scanned.num_rows(), 8);
+    let (blob, meta) = stored_layer(&mut client, 0).await;
+    let (data_start, header) = safetensors_header(&blob);
+    assert_eq!(header["embeddings.word_embeddings.weight"]["shape"], serde_json::json!([30522, 384]));
+    assert_eq!(header["embeddings.word_embeddings.weight"]["dtype"], "F32");
+    assert!(blob.len() > data_start + 30522 * 384 * 4);
+    assert_eq!(meta["layer"], "embeddings");
+    assert!(meta["tokenizer"].as_str().unwrap().contains("[CLS]"));
+
+    // Fidelity: every reference sentence at cosine ≥ 0.9999 against the float64 forward.
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("minilm_embeddings.json")).unwrap()).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 50);
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let result = client.embed(MODEL, &texts).await.unwrap();
+    assert_eq!((result.dim, result.version.as_str(), result.embeddings.len()), (384, summary.version.as_str(), cases.len()));
+    let mut worst = (1.0f64, "");
+    for (case, ours) in cases.iter().zip(&result.embeddings) {
+        let reference: Vec<f64> = case["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let c = cosine(ours, &reference);
+        let max_diff = ours.iter().zip(&reference).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(c >= 0.9999 && max_diff < 1e-3, "{:?}: cosine {c}, max |diff| {max_diff}", case["text"]);
+        if c < worst.0 {
+            worst = (c, case["text"].as_str().unwrap());
+        }
+    }
+    eprintln!("embedding fidelity: worst cosine {:.7} ({:?})", worst.0, &worst.1[..worst.1.len().min(40)]);
+
+    // The Arrow form of `embed` (DoGet ticket) carries the same vectors.
+    let ticket = serde_json::json!({"embed": {"model": MODEL, "texts": texts[..3]}}).to_string();
+    let mut stream = client.flight().do_get(arrow_flight::Ticket::new(ticket)).await.unwrap();
+    use futures::TryStreamExt;
+    let mut rows = 0;
+    while let Some(batch) = stream.try_next().await.unwrap() {
+        let vectors = batch.column_by_name("embedding").unwrap().as_fixed_size_list();
+        for r in 0..batch.num_rows() {
+            let v = vectors.value(r);
+            let v = v.as_primitive::<arrow::datatypes::Float32Type>().values();
+            assert_eq!(v, &result.embeddings[rows + r][..]);
+        }
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 3);
+
+    // Bad input.
+    assert_status(client.import_model(MODEL, &model_dir()).await, Code::AlreadyExists, "drop_model");
+    assert_status(client.import_model("other", "/no/such/dir").await, Code::InvalidArgument, "does not exist");
+    assert_status(client.import_model("bad name!", &model_dir()).await, Code::InvalidArgument, "invalid model name");
+    assert_status(client.describe_model("nope").await, Code::NotFound, "model 'nope' not found");
+    assert_status(client.create_table_with_model("t", "nope", Default::default()).await, Code::NotFound, "import_model");
+    assert_status(client.drop_table("models").await, Code::InvalidArgument, "drop_model");
+
+    // drop_model removes the rows; the model is then unknown.
+    client.drop_model(MODEL).await.unwrap();
+    assert!(client.list_models().await.unwrap().is_empty());
+    assert_status(client.embed(MODEL, &["x"]).await, Code::NotFound, "not found");
+    assert_status(client.drop_model(MODEL).await, Code::NotFound, "not found");
+}
+
+#[derive(serde::Deserialize)]
+struct Passage {
+    id: String,
+    story: String,
+    chapter: Option<i64>,
+    text: String,
+}
+
+#[derive(serde::Deserialize)]
+struct HandChecked {
+    query: String,
+    expected_id: String,
+}
+
+fn passages_batch(passages: &[Passage]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("data_type", DataType::Utf8, true),
+        Field::new("raw_data", DataType::LargeBinary, true),
+        json_field("metadata"),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(passages.iter().map(|p| p.id.clone()))),
+        Arc::new(StringArray::from_iter_values(passages.iter().map(|_| "text"))),
+        Arc::new(LargeBinaryArray::from_iter_values(passages.iter().map(|p| p.text.as_bytes()))),
+        Arc::new(StringArray::from_iter_values(
+            passages.iter().map(|p| serde_json::json!({"story": p.story, "chapter": p.chapter}).to_string()),
+        )),
+    ];
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_embedding_on_put_and_text_search_over_sherlock() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    import(&mut client).await;
+    let version = client.list_models().await.unwrap()[0].version.clone();
+
+    let table = client.create_table_with_model("sherlock", MODEL, Default::default()).await.unwrap();
+    assert_eq!((table.dim, table.embedding_model.as_deref()), (Some(384), Some(MODEL)));
+    assert!(table.schema.iter().any(|c| c.name == "embedding_model_version"));
+
+    let passages: Vec<Passage> = std::fs::read_to_string(fixtures().join("sherlock-slice.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(passages.len() >= 100);
+    let summary = client.put("sherlock", vec![passages_batch(&passages)]).await.unwrap();
+    assert_eq!((summary.inserted, summary.embedded, summary.not_embedded), (passages.len() as u64, passages.len() as u64, 0));
+
+    // An image row without a vector on a text model: stored, left null, counted.
+    let image = Row { id: "img-1".into(), embedding: None, data_type: "image", raw: vec![0x89, b'P', b'N', b'G'], metadata: None };
+    let summary = client.put("sherlock", vec![batch(&[image], 384)]).await.unwrap();
+    assert_eq!((summary.inserted, summary.embedded, summary.not_embedded), (1, 0, 1));
+
+    // Every text row carries the model version that embedded it; the image row none.
+    let rows = client
+        .query(&Query { columns: Some(vec!["id".into(), "embedding_model_version".into()]), ..Query::scan("sherlock") })
+        .await
+        .unwrap();
+    let ids = string_column(&rows, "id");
+    let versions = string_column(&rows, "embedding_model_version");
+    for (id, v) in ids.iter().zip(&versions) {
+        assert_eq!(v.as_str(), if id == "img-1" { "" } else { version.as_str() }, "{id}");
+    }
+
+    // Hand-checked queries: the obviously right passage ranks first.
+    let queries: Vec<HandChecked> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("sherlock-queries.json")).unwrap()).unwrap();
+    assert!(queries.len() >= 5);
+    for q in &queries {
+        let hits = client.search_text("sherlock", &q.query, 5).await.unwrap();
+        let top = string_column(&hits, "id");
+        assert_eq!(top[0], q.expected_id, "query {:?}: got {top:?}", q.query);
+        assert!(!top.contains(&"img-1".to_string()), "rows without a vector are never ranked");
+    }
+    // The search action takes text too (grpcurl users).
+    let hits = client.search_hits(&Query::search_text("sherlock", &queries[0].query, 3)).await.unwrap();
+    assert_eq!(hits[0].id, queries[0].expected_id);
+
+    // A text row sent with its own vector keeps it (no model version stamped).
+    let own = Row { id: "own".into(), embedding: Some(vec![0.05; 384]), data_type: "text", raw: b"my vector".to_vec(), metadata: None };
+    let summary = client.put("sherlock", vec![batch(&[own], 384)]).await.unwrap();
+    assert_eq!(summary.embedded, 0);
+
+    // Bad input.
+    let bad_utf8 = Row { id: "bad".into(), embedding: None, data_type: "text", raw: vec![0xff, 0xfe], metadata: None };
+    let before = client.describe_table("sherlock").await.unwrap().version;
+    assert_status(client.put("sherlock", vec![batch(&[bad_utf8], 384)]).await, Code::InvalidArgument, "not valid UTF-8");
+    assert_eq!(client.describe_table("sherlock").await.unwrap().version, before, "a refused put changes nothing");
+    let mixed = Query { vector: Some(vec![0.0; 384]), ..Query::search_text("sherlock", "x", 3) };
+    assert_status(client.query(&mixed).await, Code::InvalidArgument, "either");
+    client.put("plain", vec![batch(&random_rows("p", 5, 8), 8)]).await.unwrap();
+    assert_status(client.search_text("plain", "a hound", 3).await, Code::InvalidArgument, "embedding_model");
+    assert_status(
+        client.create_table_with_model("sherlock2", "no-such-model", Default::default()).await,
+        Code::NotFound,
+        "no-such-model",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layer_writes_are_checked_and_a_new_version_is_served_without_restart() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    import(&mut client).await;
+    let before = client.embed(MODEL, &["The game is afoot."]).await.unwrap();
+    let models_version = client.describe_model(MODEL).await.unwrap().table_version;
+
+    // Not safetensors at all.
+    assert_status(client.put("models", vec![layer_put(MODEL, 1, b"garbage".to_vec())]).await, Code::InvalidArgument, "safetensors");
+    // Valid safetensors, wrong shape for the architecture.
+    let header = br#"{"encoder.layer.0.attention.self.query.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+    let mut small = (header.len() as u64).to_le_bytes().to_vec();
+    small.extend_from_slice(header);
+    small.extend_from_slice(&[0u8; 16]);
+    assert_status(client.put("models", vec![layer_put(MODEL, 1, small)]).await, Code::InvalidArgument, "layer 1");
+    // A layer the model does not have, and a model that is not stored.
+    let (layer1, _) = stored_layer(&mut client, 1).await;
+    assert_status(client.put("models", vec![layer_put(MODEL, 42, layer1.clone())]).await, Code::InvalidArgument, "no layer 42");
+    assert_status(client.put("models", vec![layer_put("ghost", 1, layer1.clone())]).await, Code::NotFound, "ghost");
+    assert_status(
+        client.put_with_mode("models", hyprstream_client::proto::PutMode::Overwrite, vec![layer_put(MODEL, 1, layer1.clone())]).await,
+        Code::InvalidArgument,
+        "cannot be overwritten",
+    );
+    // Nothing of that reached the served model.
+    let d = client.describe_model(MODEL).await.unwrap();
+    assert_eq!(d.table_version, models_version, "refused layer writes must not commit");
+    assert_eq!(client.embed(MODEL, &["The game is afoot."]).await.unwrap(), before);
+
+    // A valid new layer 1 (the output LayerNorm's bias shifted): accepted, and served by the
+    // next call without a restart, under a new model version.
+    let (start, header) = safetensors_header(&layer1);
+    let offsets = header["encoder.layer.0.output.LayerNorm.bias"]["data_offsets"].as_array().unwrap();
+    let (a, b) = (start + offsets[0].as_u64().unwrap() as usize, start + offsets[1].as_u64().unwrap() as usize);
+    let mut changed = layer1.clone();
+    for chunk in changed[a..b].chunks_exact_mut(4) {
+        let v = f32::from_le_bytes(chunk.try_into().unwrap()) + 0.5;
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    let summary = client.put("models", vec![layer_put(MODEL, 1, changed)]).await.unwrap();
+    assert_eq!((summary.inserted, summary.updated), (0, 1));
+    let after = client.embed(MODEL, &["The game is afoot."]).await.unwrap();
+    assert_ne!(after.version, before.version, "new weights, new model version");
+    let c = cosine(&after.embeddings[0], &before.embeddings[0].iter().map(|v| *v as f64).collect::<Vec<_>>());
+    assert!(c < 0.9999, "the changed layer must change the embedding (cosine {c})");
+    // Writing the original back restores the original model exactly.
+    client.put("models", vec![layer_put(MODEL, 1, layer1)]).await.unwrap();
+    assert_eq!(client.embed(MODEL, &["The game is afoot."]).await.unwrap(), before);
+}
