@@ -34,10 +34,12 @@ test-rust: build models
 test-python: build models
 	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) HYPRSTREAM_SERVER_BIN=$(BIN)/hyprstream-server $(PYTHON) -m pytest -q integration-tests/python
 
-# Exact search beside faiss and LanceDB (writes docs/benchmarks.md). BENCH_ROWS=100000,1000000 for both sizes.
-bench: build
+# Exact search beside faiss and LanceDB, then text embedding beside ONNX Runtime (both write
+# docs/benchmarks.md). BENCH_ROWS=100000,1000000 for both search sizes.
+bench: build models
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	$(PYTHON) bench/bench.py
+	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) $(PYTHON) bench/embed.py
 
 # Approximate search: recall@10 vs latency beside hnswlib and LanceDB (synthetic low-rank and GloVe).
 bench-ann: build

@@ -88,19 +88,34 @@ def bench_ours_inprocess(data, queries, tmp):
     return json.loads(out.stdout)
 
 
-def start_server(data_dir):
-    """Starts the release hyprstream-server on a free port; returns (process, Flight client)."""
+def start_server(data_dir, extra_args=(), threads=THREADS):
+    """Starts the release hyprstream-server on a free port; returns (process, Flight client),
+    the client None if the server exited before listening."""
     proc = subprocess.Popen(
-        [os.path.join(BIN, "hyprstream-server"), "--data-dir", data_dir, "--addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "HYPRSTREAM_LOG": "warn", "RAYON_NUM_THREADS": str(THREADS)},
+        [os.path.join(BIN, "hyprstream-server"), "--data-dir", data_dir, "--addr", "127.0.0.1:0", *extra_args],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "HYPRSTREAM_LOG": "warn", "RAYON_NUM_THREADS": str(threads)},
     )
     addr = None
     for line in proc.stdout:
         if line.startswith("hyprstream-server listening on "):
             addr = line.split()[-1]
             break
+    if addr is None:
+        return proc, None
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     return proc, flight.connect(f"grpc://{addr}")
+
+
+def put_table(c, name, table, chunk=20000):
+    """One DoPut of `table` in batches of `chunk` rows; returns seconds taken."""
+    t = time.perf_counter()
+    w, r = c.do_put(flight.FlightDescriptor.for_path(name), table.schema)
+    for batch in table.to_batches(max_chunksize=chunk):
+        w.write_batch(batch)
+    w.done_writing()
+    r.read()
+    w.close()
+    return time.perf_counter() - t
 
 
 def put_vectors(c, name, data, chunk=20000):
@@ -111,14 +126,7 @@ def put_vectors(c, name, data, chunk=20000):
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1]),
         }
     )
-    t = time.perf_counter()
-    w, r = c.do_put(flight.FlightDescriptor.for_path(name), table.schema)
-    for batch in table.to_batches(max_chunksize=chunk):
-        w.write_batch(batch)
-    w.done_writing()
-    r.read()
-    w.close()
-    return time.perf_counter() - t
+    return put_table(c, name, table, chunk)
 
 
 def bench_ours_flight(data, queries, tmp):

@@ -32,7 +32,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -45,7 +44,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.flight as flight  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BIN, REPO, machine  # noqa: E402
+from bench import BIN, REPO, machine, put_table  # noqa: E402
+from bench import start_server as start_bench_server  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 from make_embedding_fixtures import load_safetensors  # noqa: E402
@@ -303,24 +303,11 @@ def throughput(embed, texts, batch):
 def start_server(data_dir, threads):
     if not os.access(SERVER, os.X_OK):
         fail(f"{SERVER} not found: build it first (`make build`; CARGO_TARGET_DIR={os.path.dirname(BIN)})")
-    proc = subprocess.Popen(
-        [SERVER, "--data-dir", data_dir, "--addr", "127.0.0.1:0", "--import-model", f"{MODEL}={MODEL_DIR}"],
-        stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "HYPRSTREAM_LOG": "warn", "RAYON_NUM_THREADS": str(threads)},
-    )
-    watchdog = threading.Timer(300, proc.kill)  # importing the model at start takes seconds, not minutes
-    watchdog.start()
-    addr = None
-    for line in proc.stdout:
-        if line.startswith("hyprstream-server listening on "):
-            addr = line.split()[-1]
-            break
-    watchdog.cancel()
-    if addr is None:
+    # The server imports the model before it listens (seconds).
+    proc, client = start_bench_server(data_dir, ["--import-model", f"{MODEL}={MODEL_DIR}"], threads)
+    if client is None:
         code = proc.wait()
         fail(f"{SERVER} exited ({code}) before listening: does this build have --import-model? (stderr above)")
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    client = flight.connect(f"grpc://{addr}")
     actions = {a.type for a in client.list_actions()}
     if "embed" not in actions:
         stop(proc)
@@ -359,11 +346,7 @@ def put_random(client, table, rows, dim, seed=5):
             "data_type": pa.array(["text"] * n, pa.utf8()),
             "raw_data": pa.array([f"synthetic passage {i}".encode() for i in range(start, start + n)], pa.binary()),
         })
-        writer, reader = client.do_put(flight.FlightDescriptor.for_path(table), t.schema)
-        writer.write_table(t)
-        writer.done_writing()
-        reader.read()
-        writer.close()
+        put_table(client, table, t, chunk=n)
     return time.perf_counter() - t0
 
 

@@ -292,54 +292,28 @@ impl GpuIndex {
             Metric::Dot => 1,
             Metric::L2 => 2,
         };
-        let (dim, n) = (self.dim as i32, self.rows as i32);
-        if q == 1 {
+        let (dim, n, n_queries) = (self.dim as i32, self.rows as i32, q as i32);
+        // A single query passes its norm by value (no extra upload on the latency path).
+        let norms_dev = if q > 1 { Some(self.stream.clone_htod(&q_norms).map_err(err("upload query norms"))?) } else { None };
+        // One query: a warp per row (memory-bound pass). A batch: tiled SGEMM, one pass per 64.
+        let (function, cfg) = if q == 1 {
             let warps_per_block = THREADS_PER_BLOCK / 32;
-            let cfg = LaunchConfig {
-                grid_dim: ((self.rows as u32).div_ceil(warps_per_block), 1, 1),
-                block_dim: (THREADS_PER_BLOCK, 1, 1),
-                shared_mem_bytes: (self.dim * 4) as u32,
-            };
-            let mut launch = self.stream.launch_builder(&self.score_rows);
-            launch
-                .arg(&self.data)
-                .arg(&self.sq_norms)
-                .arg(&self.live)
-                .arg(&self.mask)
-                .arg(&use_mask)
-                .arg(&q_dev)
-                .arg(&q_norms[0])
-                .arg(&metric)
-                .arg(&dim)
-                .arg(&n)
-                .arg(&mut self.scores);
-            // SAFETY: the argument list matches score_rows' signature; buffers hold ≥ n rows.
-            unsafe { launch.launch(cfg) }.map_err(err("launch score_rows"))?;
+            let grid = (self.rows as u32).div_ceil(warps_per_block);
+            (&self.score_rows, LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS_PER_BLOCK, 1, 1), shared_mem_bytes: (self.dim * 4) as u32 })
         } else {
-            let norms_dev = self.stream.clone_htod(&q_norms).map_err(err("upload query norms"))?;
-            let n_queries = q as i32;
-            let cfg = LaunchConfig {
-                grid_dim: ((self.rows as u32).div_ceil(TILE_ROWS), (q as u32).div_ceil(TILE_QUERIES), 1),
-                block_dim: (THREADS_PER_BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = self.stream.launch_builder(&self.score_batch);
-            launch
-                .arg(&self.data)
-                .arg(&self.sq_norms)
-                .arg(&self.live)
-                .arg(&self.mask)
-                .arg(&use_mask)
-                .arg(&q_dev)
-                .arg(&norms_dev)
-                .arg(&n_queries)
-                .arg(&metric)
-                .arg(&dim)
-                .arg(&n)
-                .arg(&mut self.scores);
-            // SAFETY: the argument list matches score_batch's signature; `scores` holds q × n.
-            unsafe { launch.launch(cfg) }.map_err(err("launch score_batch"))?;
-        }
+            let grid = ((self.rows as u32).div_ceil(TILE_ROWS), (q as u32).div_ceil(TILE_QUERIES), 1);
+            (&self.score_batch, LaunchConfig { grid_dim: grid, block_dim: (THREADS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 })
+        };
+        let mut launch = self.stream.launch_builder(function);
+        launch.arg(&self.data).arg(&self.sq_norms).arg(&self.live).arg(&self.mask).arg(&use_mask).arg(&q_dev);
+        match &norms_dev {
+            None => launch.arg(&q_norms[0]),
+            Some(norms) => launch.arg(norms).arg(&n_queries),
+        };
+        launch.arg(&metric).arg(&dim).arg(&n).arg(&mut self.scores);
+        // SAFETY: the argument lists match score_rows' and score_batch's signatures in
+        // similarity.cu; `scores` holds q × n floats and every row buffer ≥ n rows.
+        unsafe { launch.launch(cfg) }.map_err(err("launch scoring kernel"))?;
         Ok(())
     }
 
