@@ -123,7 +123,7 @@ async fn import_describe_scan_and_embed_like_the_reference() {
             worst = (c, case["text"].as_str().unwrap());
         }
     }
-    eprintln!("embedding fidelity: worst cosine {:.7} ({:?})", worst.0, &worst.1[..worst.1.len().min(40)]);
+    eprintln!("embedding fidelity: worst 1 - cosine {:.2e} ({:?})", 1.0 - worst.0, &worst.1[..worst.1.len().min(40)]);
 
     // The Arrow form of `embed` (DoGet ticket) carries the same vectors.
     let ticket = serde_json::json!({"embed": {"model": MODEL, "texts": texts[..3]}}).to_string();

@@ -128,19 +128,28 @@ pub struct LoadedEncoder {
 }
 
 impl LoadedEncoder {
-    /// Embeds on a blocking thread (the forward pass is CPU-bound and multi-threaded).
+    /// Embeds on blocking threads (the forward pass is CPU-bound and multi-threaded), in
+    /// chunks so a large put logs its progress.
     pub async fn embed(self: &Arc<Self>, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
-        let this = self.clone();
+        const CHUNK: usize = 256;
         let started = Instant::now();
-        let count = texts.len();
-        let out = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            this.encoder.embed(&refs)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("embedding task failed: {e}")))?
-        .map_err(|e| Error::internal(format!("model '{}': {e}", self.name)))?;
-        tracing::debug!(model = %self.name, texts = count, ms = started.elapsed().as_secs_f64() * 1e3, "embedded");
+        let total = texts.len();
+        let mut out = Vec::with_capacity(total);
+        for chunk in texts.chunks(CHUNK) {
+            let (this, chunk) = (self.clone(), chunk.to_vec());
+            let vectors = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                this.encoder.embed(&refs)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("embedding task failed: {e}")))?
+            .map_err(|e| Error::internal(format!("model '{}': {e}", self.name)))?;
+            out.extend(vectors);
+            if total > CHUNK {
+                tracing::info!(model = %self.name, done = out.len(), total, seconds = started.elapsed().as_secs_f64(), "embedding");
+            }
+        }
+        tracing::debug!(model = %self.name, texts = total, ms = started.elapsed().as_secs_f64() * 1e3, "embedded");
         Ok(out)
     }
 }
