@@ -35,8 +35,9 @@ def pct(lat, p):
     return float(np.percentile(np.array(lat), p))
 
 
-def timed(fn, queries):
-    for q in queries[:3]:
+def timed(fn, queries, warm=None):
+    """p50 and p99 latency in ms of fn over queries, after warm-up calls (default the first 3)."""
+    for q in queries[:3] if warm is None else warm:
         fn(q)
     lat = []
     for q in queries:

@@ -44,7 +44,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.flight as flight  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BIN, REPO, machine, put_table  # noqa: E402
+from bench import BIN, REPO, machine, put_table, timed  # noqa: E402
 from bench import start_server as start_bench_server  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -350,17 +350,6 @@ def put_random(client, table, rows, dim, seed=5):
     return time.perf_counter() - t0
 
 
-def latencies(fn, items, warm):
-    for it in warm:
-        fn(it)
-    lat = []
-    for it in items:
-        t = time.perf_counter()
-        fn(it)
-        lat.append((time.perf_counter() - t) * 1e3)
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-
-
 def text_query_latency(client, queries, warm, query_vectors, dim):
     action(client, "create_table", {"name": "bench_text", "embedding_model": MODEL})
     put_s = put_random(client, "bench_text", TABLE_ROWS, dim)
@@ -377,8 +366,8 @@ def text_query_latency(client, queries, warm, query_vectors, dim):
     first = by_text(warm[0])  # builds the in-memory search engine
     first_s = time.perf_counter() - t
     assert first.num_rows == 10, first
-    text_p50, text_p99 = latencies(by_text, queries, warm)
-    vec_p50, vec_p99 = latencies(by_vector, list(query_vectors), list(query_vectors[:3]))
+    text_p50, text_p99 = timed(by_text, queries, warm)
+    vec_p50, vec_p99 = timed(by_vector, list(query_vectors))
     return {"put_s": put_s, "first_s": first_s, "text_p50": text_p50, "text_p99": text_p99,
             "vec_p50": vec_p50, "vec_p99": vec_p99}
 

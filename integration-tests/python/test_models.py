@@ -76,6 +76,12 @@ def test_text_rows_are_embedded_and_found_by_text(model_server):
         assert result.column("id")[0].as_py() == expected, (query, result.to_pydict())
         assert result.schema.metadata[b"hyprstream.search_path"] == b"exact_cpu"
 
+    # GetFlightInfo plans a text query (schema with _distance) without running it.
+    cmd = json.dumps({"table": "notes", "text": "a cat", "k": 2, "columns": ["id"]}).encode()
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(cmd))
+    assert info.schema.names == ["id", "_distance"]
+    assert client.do_get(info.endpoints[0].ticket).read_all().column("id")[0].as_py() == "cat"
+
     # Text on a table without a model: INVALID_ARGUMENT naming the fix.
     put(client, "plain", pa.table({"id": ["a"], "embedding": pa.array([[1.0, 0.0]], pa.list_(pa.float32(), 2))}))
     with pytest.raises(pa.ArrowInvalid, match="embedding_model"):

@@ -77,7 +77,9 @@ fn kernel_metric(metric: Metric) -> hyprstream_kernels::Metric {
 }
 
 impl TableService {
-    async fn plan(&self, q: &Query) -> Result<Plan> {
+    /// `run`: the plan will be executed (a `"text"` query is embedded); otherwise only its
+    /// schema is wanted and the text is checked but not embedded.
+    async fn plan(&self, q: &Query, run: bool) -> Result<Plan> {
         validate_table_name(&q.table)?;
         let dataset = self.store().dataset(&q.table, q.version).await?;
         let table_schema = dataset_schema(&dataset);
@@ -106,7 +108,7 @@ impl TableService {
             columns.iter().map(|c| table_schema.field_with_name(c).expect("checked").clone()).collect();
 
         let ann_knobs = q.nprobes.is_some() || q.ef.is_some() || q.refine.is_some();
-        let text_vector = self.text_vector(q, &table_schema).await?;
+        let text_vector = self.text_vector(q, &table_schema, run).await?;
         let search = match text_vector.as_ref().or(q.vector.as_ref()) {
             None => {
                 if wants_distance {
@@ -164,8 +166,9 @@ impl TableService {
         Ok(Plan { dataset, columns, schema, search })
     }
 
-    /// A `"text"` query's vector, embedded by the table's model.
-    async fn text_vector(&self, q: &Query, table_schema: &Schema) -> Result<Option<Vec<f32>>> {
+    /// A `"text"` query's vector, embedded by the table's model (a zero vector of the table's
+    /// dim when `embed` is false: enough to plan the result schema).
+    async fn text_vector(&self, q: &Query, table_schema: &Schema, embed: bool) -> Result<Option<Vec<f32>>> {
         let Some(text) = &q.text else { return Ok(None) };
         if q.vector.is_some() {
             return Err(Error::invalid("send either \"vector\" or \"text\", not both"));
@@ -176,13 +179,16 @@ impl TableService {
                 q.table
             ))
         })?;
+        if !embed {
+            return Ok(Some(vec![0.0; super::table_dim(table_schema).unwrap_or(0)]));
+        }
         let (_, mut vectors) = self.embed(&model, vec![text.clone()]).await?;
         Ok(vectors.pop())
     }
 
     /// The schema `q` would return, without running it.
     pub async fn query_schema(&self, q: &Query) -> Result<SchemaRef> {
-        let plan = self.plan(q).await?;
+        let plan = self.plan(q, false).await?;
         if let Some(filter) = &q.filter {
             // Plans the filter (no rows are read) so a bad one is reported here too.
             let spec = ScanSpec { filter: Some(filter.clone()), columns: Some(vec![ID.to_string()]), limit: Some(0), with_row_id: false };
@@ -193,7 +199,7 @@ impl TableService {
 
     /// Runs a scan or a search.
     pub async fn query(&self, q: &Query) -> Result<QueryOutput> {
-        let plan = self.plan(q).await?;
+        let plan = self.plan(q, true).await?;
         match plan.search {
             None => {
                 let spec = ScanSpec { filter: q.filter.clone(), columns: Some(plan.columns.clone()), limit: q.limit, with_row_id: false };
