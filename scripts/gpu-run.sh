@@ -18,7 +18,7 @@ if [ -f .gpu/hyprstream-server.xz ] && [ -f .gpu/server-tests.xz ]; then
   tmp=$(mktemp -d)
   unpack hyprstream-server && unpack server-tests
   echo "== server on the GPU: end-to-end test"
-  HYPRSTREAM_SERVER_BIN="$tmp/hyprstream-server" "$tmp/server-tests" gpu:: --ignored --nocapture || status=1
+  HYPRSTREAM_SERVER_BIN="$tmp/hyprstream-server" "$tmp/server-tests" gpu:: --ignored --nocapture --test-threads 1 || status=1
   rm -rf "$tmp"
 fi
 exit $status

@@ -50,7 +50,8 @@ impl Server {
         s
     }
 
-    fn start_with(data_dir: PathBuf, args: &[&str]) -> Server {
+    /// A server over an existing data directory with extra command-line arguments.
+    pub fn start_with(data_dir: PathBuf, args: &[&str]) -> Server {
         let mut child = Command::new(server_binary())
             .args(args)
             .arg("--data-dir")

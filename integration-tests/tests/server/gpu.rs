@@ -57,3 +57,54 @@ async fn exact_search_on_the_gpu_matches_the_reference_and_follows_writes() {
         assert_eq!(string_column(&found, "id"), vec!["new-0".to_string()]);
     }
 }
+
+/// Figures, not a pass/fail timing: one table of 1M × 384 searched through Flight by the same
+/// server binary with `--device cuda:0` and then, restarted over the same data, `--device cpu`.
+/// `scripts/gpu-run.sh` prints them for `docs/benchmarks.md`; the test fails only on wrong paths
+/// or wrong answers (GPU and CPU must return the same ids).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it there"]
+async fn exact_search_latency_through_flight_gpu_and_cpu() {
+    const ROWS: usize = 1_000_000;
+    const DIM: usize = 384;
+    const CHUNK: usize = 50_000;
+    const QUERIES: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| random_vector(DIM)).collect();
+    let mut answers: Vec<Vec<Vec<String>>> = Vec::new();
+    for (device, path) in [("cuda:0", "exact_gpu"), ("cpu", "exact_cpu")] {
+        let server = Server::start_with(dir.path().to_path_buf(), &["--device", device]);
+        let mut client = server.client().await;
+        if answers.is_empty() {
+            let started = std::time::Instant::now();
+            for chunk in 0..ROWS / CHUNK {
+                let rows = random_rows(&format!("c{chunk}"), CHUNK, DIM);
+                client.put("big", vec![batch(&rows, DIM)]).await.unwrap();
+            }
+            println!("put {ROWS} x {DIM} through Flight: {:.1} s", started.elapsed().as_secs_f64());
+        }
+        let started = std::time::Instant::now();
+        let first = client.search("big", queries[0].clone(), 10).await.unwrap();
+        println!("[{device}] first search (engine load): {:.2} s", started.elapsed().as_secs_f64());
+        assert_eq!(first.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some(path));
+        let mut times = Vec::new();
+        let mut ids = Vec::new();
+        for q in &queries {
+            let started = std::time::Instant::now();
+            let found = client.search("big", q.clone(), 10).await.unwrap();
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            ids.push(string_column(&found, "id"));
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "[{device}] {ROWS} x {DIM} cosine k=10 through Flight: p50 {:.2} ms, p99 {:.2} ms ({} threads on this machine)",
+            times[QUERIES / 2],
+            times[QUERIES * 99 / 100],
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        );
+        answers.push(ids);
+    }
+    // Ties at the 10th place could reorder; the sets must agree for nearly every query.
+    let same = answers[0].iter().zip(&answers[1]).filter(|(g, c)| g == c).count();
+    assert!(same >= QUERIES - 2, "GPU and CPU agree on only {same} of {QUERIES} result lists");
+}

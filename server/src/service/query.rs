@@ -230,7 +230,7 @@ impl TableService {
                 let mut metadata = plan.schema.metadata().clone();
                 metadata.insert(SEARCH_PATH.to_string(), path.as_str().to_string());
                 let schema = Arc::new(plan.schema.as_ref().clone().with_metadata(metadata));
-                let batch = self.hit_rows(&plan, &dataset, &hits).await?.with_schema(schema.clone())?;
+                let batch = self.hit_rows(&plan, &schema, &dataset, &hits).await?;
                 tracing::debug!(
                     table = %q.table,
                     path = path.as_str(),
@@ -339,8 +339,9 @@ impl TableService {
         Ok(top.into_sorted())
     }
 
-    /// The requested columns of the hit rows, best first, with `_distance`.
-    async fn hit_rows(&self, plan: &Plan, dataset: &Dataset, hits: &[Neighbor]) -> Result<RecordBatch> {
+    /// The requested columns of the hit rows, best first, with `_distance`, as `schema` (the
+    /// plan's columns; its metadata names the path that answered).
+    async fn hit_rows(&self, plan: &Plan, schema: &SchemaRef, dataset: &Dataset, hits: &[Neighbor]) -> Result<RecordBatch> {
         let row_ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
         let mut columns: Vec<Arc<dyn Array>> = if plan.columns.is_empty() || hits.is_empty() {
             plan.schema.fields().iter().take(plan.columns.len()).map(|f| arrow::array::new_empty_array(f.data_type())).collect()
@@ -349,7 +350,7 @@ impl TableService {
         };
         columns.push(Arc::new(Float32Array::from_iter_values(hits.iter().map(|h| h.distance))));
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(hits.len()));
-        RecordBatch::try_new_with_options(plan.schema.clone(), columns, &options).map_err(Error::from)
+        RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(Error::from)
     }
 
     /// The `search` action: hits as JSON-friendly structs.
