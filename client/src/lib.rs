@@ -187,6 +187,12 @@ impl HyprstreamClient {
         self.query(&Query::search(table, vector, k)).await
     }
 
+    /// The k rows nearest each of `vectors`, in one pass over the table: one stream with a
+    /// `_query` column (the query's position in `vectors`), grouped by query, best first.
+    pub async fn search_batch(&mut self, table: &str, vectors: Vec<Vec<f32>>, k: usize) -> Result<Rows> {
+        self.query(&Query::search_batch(table, vectors, k)).await
+    }
+
     /// Runs an action with a JSON body; returns each result body.
     pub async fn action_raw(&mut self, name: &str, body: impl Into<bytes::Bytes>) -> Result<Vec<bytes::Bytes>> {
         let stream = self.flight.do_action(Action::new(name, body)).await?;

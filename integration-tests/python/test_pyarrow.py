@@ -74,6 +74,16 @@ def test_put_scan_search_round_trip(server):
     want_ids, _ = cosine_topk(vecs, table["id"].to_pylist(), q.astype(np.float64), 5, mask)
     assert rows["id"].to_pylist() == want_ids
 
+    # A batch of queries in one ticket: one table, `_query` says which query a row answers.
+    qs = np.random.default_rng(3).standard_normal((8, DIM)).astype(np.float32)
+    rows = get(c, {"table": "sherlock_data", "vectors": qs.tolist(), "k": 4, "columns": ["id"]})
+    assert rows.column_names == ["id", "_distance", "_query"]
+    assert rows["_query"].to_pylist() == [i for i in range(8) for _ in range(4)]
+    for i, qi in enumerate(qs):
+        want_ids, want_d = cosine_topk(vecs, table["id"].to_pylist(), qi.astype(np.float64), 4)
+        assert rows["id"].to_pylist()[i * 4 : i * 4 + 4] == want_ids
+        np.testing.assert_allclose(rows["_distance"].to_numpy()[i * 4 : i * 4 + 4], want_d, rtol=1e-4, atol=1e-5)
+
 
 def test_python_lists_and_pandas_style_input_are_accepted(server):
     c = flight.connect(server.url)

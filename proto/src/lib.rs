@@ -26,6 +26,9 @@ pub mod columns {
     pub const METADATA: &str = "metadata";
     /// Added to search results: the distance to the query, smaller is closer.
     pub const DISTANCE: &str = "_distance";
+    /// Added to batched search results: the position of the query (in `vectors` / `texts`)
+    /// that the row answers.
+    pub const QUERY: &str = "_query";
     /// On tables with an embedding model: the model version that produced the row's
     /// embedding (null when the client sent the vector).
     pub const EMBEDDING_MODEL_VERSION: &str = "embedding_model_version";

@@ -55,6 +55,14 @@ pub struct Query {
     /// Search by text: embedded by the table's `embedding_model` (instead of `vector`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Batched search: many query vectors answered in one pass over the rows. The result
+    /// carries a `_query` column (the query's position in this list), rows grouped by query,
+    /// nearest first within each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<Vec<Vec<f32>>>,
+    /// Batched search by text (embedded in one call), like `vectors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub texts: Option<Vec<String>>,
     /// Search: number of neighbours (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<usize>,
@@ -90,8 +98,18 @@ impl Query {
         Query { table: table.into(), text: Some(text.into()), k: Some(k), ..Default::default() }
     }
 
+    /// Many query vectors in one search (`_query` in the result says which row answers which).
+    pub fn search_batch(table: impl Into<String>, vectors: Vec<Vec<f32>>, k: usize) -> Self {
+        Query { table: table.into(), vectors: Some(vectors), k: Some(k), ..Default::default() }
+    }
+
     pub fn is_search(&self) -> bool {
-        self.vector.is_some() || self.text.is_some()
+        self.vector.is_some() || self.text.is_some() || self.is_batch()
+    }
+
+    /// A batched search (`vectors` or `texts`): its result has a `_query` column.
+    pub fn is_batch(&self) -> bool {
+        self.vectors.is_some() || self.texts.is_some()
     }
 
     pub fn to_json(&self) -> String {

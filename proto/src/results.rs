@@ -97,6 +97,9 @@ pub struct DropSummary {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SearchHit {
+    /// Batched searches: which query (its position in `vectors` / `texts`) this hit answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<u32>,
     pub id: String,
     pub distance: f32,
     pub data_type: Option<String>,

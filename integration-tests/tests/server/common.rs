@@ -214,6 +214,23 @@ pub fn distances(rows: &Rows) -> Vec<f32> {
         .collect()
 }
 
+/// DoGet with a hand-written ticket (what serde would not write: 1e39, typos).
+pub async fn raw_ticket(c: &mut HyprstreamClient, ticket: impl Into<bytes::Bytes>) -> Result<(), ClientError> {
+    use futures::TryStreamExt;
+    let mut stream = c.flight().do_get(arrow_flight::Ticket::new(ticket)).await?;
+    stream.try_next().await?;
+    Ok(())
+}
+
+/// The `_query` column of a batched search result.
+pub fn query_column(rows: &Rows) -> Vec<u32> {
+    use arrow::array::AsArray;
+    rows.batches
+        .iter()
+        .flat_map(|b| b.column_by_name("_query").expect("_query").as_primitive::<arrow::datatypes::UInt32Type>().values().to_vec())
+        .collect()
+}
+
 /// Asserts the call failed with `code` and a message containing `needle`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(result: Result<T, ClientError>, code: tonic::Code, needle: &str) {

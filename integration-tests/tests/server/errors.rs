@@ -11,14 +11,6 @@ use crate::common::*;
 
 const DIM: usize = 4;
 
-/// DoGet with a hand-written ticket.
-async fn raw_ticket(c: &mut HyprstreamClient, ticket: &'static str) -> Result<(), hyprstream_client::ClientError> {
-    use futures::TryStreamExt;
-    let mut stream = c.flight().do_get(arrow_flight::Ticket::new(ticket)).await?;
-    stream.try_next().await?;
-    Ok(())
-}
-
 /// A table with known content, and a check that it still has exactly that content.
 async fn fixture(client: &mut HyprstreamClient) -> (u64, u64) {
     client.put("t", vec![batch(&random_rows("ok", 10, DIM), DIM)]).await.unwrap();

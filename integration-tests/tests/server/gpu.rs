@@ -37,6 +37,19 @@ async fn exact_search_on_the_gpu_matches_the_reference_and_follows_writes() {
             let found = client.search(&table, q.clone(), k).await.unwrap();
             check(&rows, &found, &q, k, &|_| true);
         }
+        // A batch: one tiled-SGEMM pass on the device, every query equal to the reference.
+        let queries: Vec<Vec<f32>> = (0..70).map(|_| random_vector(DIM)).collect();
+        let found = client.search_batch(&table, queries.clone(), 10).await.unwrap();
+        assert_eq!(found.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some("exact_gpu"));
+        let (got, which) = (distances(&found), query_column(&found));
+        assert_eq!(got.len(), 70 * 10);
+        for (qi, q) in queries.iter().enumerate() {
+            for (rank, (_, w)) in brute_force(&rows, q, metric, 10, |_| true).iter().enumerate() {
+                let g = got[qi * 10 + rank];
+                assert_eq!(which[qi * 10 + rank], qi as u32);
+                assert!((g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0), "{metric} batch q{qi}: {g} vs {w}");
+            }
+        }
         // Prefilter → device mask.
         let q = random_vector(DIM);
         let query = hyprstream_client::proto::Query {
@@ -68,7 +81,7 @@ async fn exact_search_latency_through_flight_gpu_and_cpu() {
     const ROWS: usize = 1_000_000;
     const DIM: usize = 384;
     const CHUNK: usize = 50_000;
-    const QUERIES: usize = 100;
+    const QUERIES: usize = 256;
     let dir = tempfile::tempdir().unwrap();
     let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| random_vector(DIM)).collect();
     let mut answers: Vec<Vec<Vec<String>>> = Vec::new();
@@ -102,6 +115,20 @@ async fn exact_search_latency_through_flight_gpu_and_cpu() {
             times[QUERIES * 99 / 100],
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         );
+        // Batches of 64 in one ticket each.
+        let started = std::time::Instant::now();
+        let mut batched = Vec::new();
+        for chunk in queries.chunks(64) {
+            let found = client
+                .query(&hyprstream_client::proto::Query { columns: Some(vec!["id".into()]), ..hyprstream_client::proto::Query::search_batch("big", chunk.to_vec(), 10) })
+                .await
+                .unwrap();
+            assert_eq!(found.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some(path));
+            batched.extend(string_column(&found, "id").chunks(10).map(<[String]>::to_vec).collect::<Vec<_>>());
+        }
+        println!("[{device}] batches of 64 through Flight: {:.0} QPS", QUERIES as f64 / started.elapsed().as_secs_f64());
+        let same = batched.iter().zip(&ids).filter(|(b, s)| b == s).count();
+        assert!(same >= QUERIES - 2, "[{device}] batched and single searches agree on only {same} of {QUERIES}");
         answers.push(ids);
     }
     // Ties at the 10th place could reorder; the sets must agree for nearly every query.

@@ -42,6 +42,17 @@ async fn ivf_flat_probing_every_partition_equals_exact_search_and_sees_new_rows(
         }
     }
 
+    // A batch through the index: one Lance query per vector, stitched with `_query`.
+    let queries: Vec<Vec<f32>> = (0..3).map(|_| random_vector(DIM)).collect();
+    let exact = client.search_batch("t", queries.clone(), 10).await.unwrap();
+    let approx = client
+        .query(&Query { exact: Some(false), nprobes: Some(8), ..Query::search_batch("t", queries, 10) })
+        .await
+        .unwrap();
+    assert_eq!(approx.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some("ann"));
+    assert_eq!(query_column(&approx), query_column(&exact));
+    assert_eq!(string_column(&approx, "id"), string_column(&exact, "id"));
+
     // Rows added after the build are found (Lance searches unindexed fragments exactly) ...
     let fresh = random_rows("fresh", 5, DIM);
     client.put("t", vec![batch(&fresh, DIM)]).await.unwrap();

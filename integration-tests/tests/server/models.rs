@@ -235,6 +235,15 @@ async fn auto_embedding_on_put_and_text_search_over_sherlock() {
         assert_eq!(top[0], q.expected_id, "query {:?}: got {top:?}", q.query);
         assert!(!top.contains(&"img-1".to_string()), "rows without a vector are never ranked");
     }
+    // All of them in one batched request ("texts", embedded in one call): the same first hits.
+    let texts = Query { texts: Some(queries.iter().map(|q| q.query.clone()).collect()), k: Some(5), ..Query::scan("sherlock") };
+    let found = client.query(&texts).await.unwrap();
+    let (ids, which) = (string_column(&found, "id"), query_column(&found));
+    assert_eq!(which.len(), 5 * queries.len());
+    for (i, q) in queries.iter().enumerate() {
+        assert_eq!(ids[i * 5], q.expected_id, "batched query {:?}", q.query);
+        assert_eq!(which[i * 5], i as u32);
+    }
     // The search action takes text too (grpcurl users).
     let hits = client.search_hits(&Query::search_text("sherlock", &queries[0].query, 3)).await.unwrap();
     assert_eq!(hits[0].id, queries[0].expected_id);
@@ -250,7 +259,7 @@ async fn auto_embedding_on_put_and_text_search_over_sherlock() {
     assert_status(client.put("sherlock", vec![batch(&[bad_utf8], 384)]).await, Code::InvalidArgument, "not valid UTF-8");
     assert_eq!(client.describe_table("sherlock").await.unwrap().version, before, "a refused put changes nothing");
     let mixed = Query { vector: Some(vec![0.0; 384]), ..Query::search_text("sherlock", "x", 3) };
-    assert_status(client.query(&mixed).await, Code::InvalidArgument, "either");
+    assert_status(client.query(&mixed).await, Code::InvalidArgument, "send one of");
     client.put("plain", vec![batch(&random_rows("p", 5, 8), 8)]).await.unwrap();
     assert_status(client.search_text("plain", "a hound", 3).await, Code::InvalidArgument, "embedding_model");
     assert_status(

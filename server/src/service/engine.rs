@@ -5,19 +5,28 @@
 //! table's latest version by looking only at what changed: new fragments are read and added,
 //! vanished fragments dropped, fragments whose deletion vector changed have their dead rows
 //! marked — so a row put or deleted is visible to the very next search without a rebuild.
+//! It also keeps each row's `id`, so a search that returns only ids and distances (the usual
+//! retrieval call) is answered without reading Lance again.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use futures::TryStreamExt;
-use hyprstream_kernels::{FlatIndex, Metric as KernelMetric};
-use hyprstream_proto::columns::EMBEDDING;
+use hyprstream_kernels::{FlatIndex, Metric as KernelMetric, Neighbor, PreparedQuery, RowFilter};
+use hyprstream_proto::columns::{EMBEDDING, ID};
 use lance::dataset::Dataset;
 use lance::table::format::Fragment;
 use tokio::sync::RwLock;
 
-use super::gpu::{search_device, GpuMirror};
-use crate::error::Result;
+use super::gpu::{search_device, GpuMirror, GPU_MIN_ROWS};
+use crate::error::{Error, Result};
 use crate::store::{lance_error, row_ids, vector_block};
+
+/// The `id` of each row of one segment, by Lance row id (ascending).
+struct SegmentKeys {
+    row_ids: Vec<u64>,
+    ids: StringArray,
+}
 
 pub struct TableEngine {
     pub index: FlatIndex,
@@ -28,6 +37,8 @@ pub struct TableEngine {
     pub version: u64,
     /// Each loaded fragment as it was when loaded (to see what changed).
     fragments: BTreeMap<u32, Fragment>,
+    /// Each segment's `id` column (tables that have one).
+    keys: HashMap<u32, SegmentKeys>,
 }
 
 impl TableEngine {
@@ -39,7 +50,47 @@ impl TableEngine {
                 None
             }
         });
-        TableEngine { index: FlatIndex::new(dim, metric), gpu, version: 0, fragments: BTreeMap::new() }
+        TableEngine { index: FlatIndex::new(dim, metric), gpu, version: 0, fragments: BTreeMap::new(), keys: HashMap::new() }
+    }
+
+    /// The k nearest live rows (that `filter` admits) to each query, nearest first, and
+    /// whether the GPU answered. Large tables go to the GPU mirror when there is one; if it
+    /// fails the CPU index, which holds the same rows, answers.
+    pub fn search(&self, queries: &[PreparedQuery], k: usize, filter: Option<&RowFilter>) -> (Vec<Vec<Neighbor>>, bool) {
+        let matrix = || queries.iter().flat_map(|q| q.vector().iter().copied()).collect::<Vec<f32>>();
+        if let Some(gpu) = self.gpu.as_ref().filter(|_| self.index.len() >= GPU_MIN_ROWS) {
+            match gpu.lock().expect("gpu mirror poisoned").search(&matrix(), k, filter) {
+                Ok(hits) => return (hits, true),
+                Err(e) => tracing::warn!(error = %e, "GPU search failed; answered on the CPU"),
+            }
+        }
+        let hits = match queries {
+            [query] => vec![self.index.search(query.vector(), k, filter)],
+            _ => self.index.search_batch(&matrix(), k, filter),
+        };
+        (hits, false)
+    }
+
+    /// The `id` of each hit, in order; None if any is not held (the caller reads Lance).
+    pub fn ids_of<'a>(&self, hits: impl Iterator<Item = &'a Neighbor>) -> Option<ArrayRef> {
+        let mut arrays: Vec<&dyn Array> = Vec::new();
+        let mut array_of: HashMap<u32, usize> = HashMap::new();
+        let mut picks = Vec::new();
+        for hit in hits {
+            // Lance row addresses are `fragment << 32 | offset`, and a segment is a fragment.
+            let segment = (hit.id >> 32) as u32;
+            let keys = self.keys.get(&segment)?;
+            let row = keys.row_ids.binary_search(&hit.id).ok()?;
+            let array = *array_of.entry(segment).or_insert_with(|| {
+                arrays.push(&keys.ids);
+                arrays.len() - 1
+            });
+            picks.push((array, row));
+        }
+        if arrays.is_empty() {
+            return None;
+        }
+        arrow::compute::interleave(&arrays, &picks).ok()
     }
 
     /// Applies one change to the GPU mirror; on failure the mirror is dropped (logged).
@@ -87,6 +138,7 @@ pub async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usiz
         state.index.remove_segment(id);
         state.mirror(|g| g.remove_segment(id));
         state.fragments.remove(&id);
+        state.keys.remove(&id);
     }
     let (mut loaded, mut trimmed) = (0usize, 0usize);
     for (&id, &fragment) in &current {
@@ -100,8 +152,13 @@ pub async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usiz
                 trimmed += 1;
             }
             _ => {
-                let (ids, vectors, valid) = fragment_vectors(dataset, fragment, dim).await?;
+                let loaded_rows = fragment_vectors(dataset, fragment, dim).await?;
+                let FragmentRows { row_ids: ids, vectors, valid, keys } = loaded_rows;
                 state.mirror(|g| g.insert_segment(id, &ids, &vectors, &valid, dim));
+                match keys {
+                    Some(keys) => state.keys.insert(id, SegmentKeys { row_ids: ids.clone(), ids: keys }),
+                    None => state.keys.remove(&id),
+                };
                 state.index.insert_segment(id, ids, vectors, Some(valid));
                 loaded += 1;
             }
@@ -127,27 +184,56 @@ async fn fragment_row_ids(dataset: &Dataset, fragment: &Fragment) -> Result<Vec<
     Ok(ids)
 }
 
-/// Row ids, vectors (row-major) and which rows have one, for one fragment.
-async fn fragment_vectors(dataset: &Dataset, fragment: &Fragment, dim: usize) -> Result<(Vec<u64>, Vec<f32>, Vec<bool>)> {
+/// One fragment's live rows, by row id (ascending).
+struct FragmentRows {
+    row_ids: Vec<u64>,
+    /// row_ids.len() × dim, row-major.
+    vectors: Vec<f32>,
+    /// Which rows have a vector.
+    valid: Vec<bool>,
+    /// The `id` column, when the table has one.
+    keys: Option<StringArray>,
+}
+
+async fn fragment_vectors(dataset: &Dataset, fragment: &Fragment, dim: usize) -> Result<FragmentRows> {
+    let with_keys = dataset.schema().field(ID).is_some_and(|f| f.data_type() == arrow_schema::DataType::Utf8);
     let mut scanner = dataset.scan();
     scanner.with_fragments(vec![fragment.clone()]).with_row_id();
-    scanner.project(&[EMBEDDING]).map_err(lance_error)?;
+    let columns: &[&str] = if with_keys { &[EMBEDDING, ID] } else { &[EMBEDDING] };
+    scanner.project(columns).map_err(lance_error)?;
     let mut stream = scanner.try_into_stream().await.map_err(lance_error)?;
-    let (mut ids, mut vectors, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut vectors, mut valid, mut keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     while let Some(b) = stream.try_next().await.map_err(lance_error)? {
         let block = vector_block(&b, EMBEDDING, dim)?;
         ids.extend_from_slice(block.row_ids);
         vectors.extend_from_slice(block.matrix);
         valid.extend(block.valid);
+        if with_keys {
+            keys.push(b.column_by_name(ID).ok_or_else(|| Error::internal("scan lost id"))?.clone());
+        }
     }
+    let keys = if with_keys {
+        let parts: Vec<&dyn Array> = keys.iter().map(|k| k.as_ref()).collect();
+        let all = if parts.is_empty() { arrow::array::new_empty_array(&arrow_schema::DataType::Utf8) } else { arrow::compute::concat(&parts)? };
+        Some(all.as_string::<i32>().clone())
+    } else {
+        None
+    };
+    let mut rows = FragmentRows { row_ids: ids, vectors, valid, keys };
     // Scans return a fragment's rows in offset order; keep that invariant explicit.
-    if !ids.windows(2).all(|w| w[0] < w[1]) {
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| ids[i]);
-        let ids2 = order.iter().map(|&i| ids[i]).collect();
-        let vectors2 = order.iter().flat_map(|&i| vectors[i * dim..(i + 1) * dim].iter().copied()).collect();
-        let valid2 = order.iter().map(|&i| valid[i]).collect();
-        return Ok((ids2, vectors2, valid2));
+    if !rows.row_ids.windows(2).all(|w| w[0] < w[1]) {
+        let mut order: Vec<usize> = (0..rows.row_ids.len()).collect();
+        order.sort_by_key(|&i| rows.row_ids[i]);
+        let take = arrow::array::UInt32Array::from_iter_values(order.iter().map(|&i| i as u32));
+        rows = FragmentRows {
+            row_ids: order.iter().map(|&i| rows.row_ids[i]).collect(),
+            vectors: order.iter().flat_map(|&i| rows.vectors[i * dim..(i + 1) * dim].iter().copied()).collect(),
+            valid: order.iter().map(|&i| rows.valid[i]).collect(),
+            keys: match rows.keys {
+                Some(k) => Some(arrow::compute::take(&k, &take, None)?.as_string::<i32>().clone()),
+                None => None,
+            },
+        };
     }
-    Ok((ids, vectors, valid))
+    Ok(rows)
 }

@@ -110,11 +110,11 @@ mod mirror {
             self.index.remove_many(&slots).map_err(|e| e.to_string())
         }
 
-        /// The k nearest live rows (that `filter` admits), nearest first.
-        pub fn search(&mut self, query: &[f32], k: usize, filter: Option<&RowFilter>) -> Result<Vec<Neighbor>, String> {
+        /// The k nearest live rows (that `filter` admits) to each query (`queries` is
+        /// q × dim, row-major), nearest first.
+        pub fn search(&mut self, queries: &[f32], k: usize, filter: Option<&RowFilter>) -> Result<Vec<Vec<Neighbor>>, String> {
             let mask: Option<Vec<u8>> = filter.map(|f| self.index.ids().iter().map(|&id| u8::from(f.contains(id))).collect());
-            let mut hits = self.index.search_batch(query, k, mask.as_deref()).map_err(|e| e.to_string())?;
-            Ok(hits.pop().unwrap_or_default())
+            self.index.search_batch(queries, k, mask.as_deref()).map_err(|e| e.to_string())
         }
     }
 }

@@ -1,17 +1,19 @@
-//! Scans and exact k-nearest-neighbour searches.
+//! Scans and k-nearest-neighbour searches (single or batched).
 //!
-//! A search streams the (prefiltered) embedding column through `hyprstream-kernels`, keeps
-//! the k best Lance row ids, then fetches only those rows: memory is one batch of vectors
-//! plus k rows, and a filter can never starve the result of rows (k rows come back whenever
-//! k rows match).
+//! An exact search ranks Lance row ids in the table's in-memory engine (CPU, or its GPU
+//! mirror for large tables), or, for a pinned older version, by streaming that version's
+//! (prefiltered) embedding column through `hyprstream-kernels`; it then fetches only the hit
+//! rows. A filter is applied before ranking, so k rows come back whenever k rows match. A
+//! batched search ranks all its queries in one pass over the rows and returns one stream with
+//! a `_query` column.
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float32Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::{stream, StreamExt, TryStreamExt};
 use hyprstream_kernels::{search_block, Neighbor, PreparedQuery, RowFilter, TopK};
-use hyprstream_proto::columns::{DATA_TYPE, DISTANCE, EMBEDDING, ID, METADATA};
+use hyprstream_proto::columns::{DATA_TYPE, DISTANCE, EMBEDDING, ID, METADATA, QUERY};
 use hyprstream_proto::schema_keys::{METRIC, SEARCH_PATH};
 use hyprstream_proto::{Metric, Query, SearchHit};
 use lance::dataset::Dataset;
@@ -22,6 +24,12 @@ use crate::store::{dataset_schema, row_ids, vector_block, AnnQuery, ScanSpec};
 
 /// Largest k a search accepts.
 pub const MAX_K: usize = 100_000;
+/// Most query vectors one batched search takes.
+pub const MAX_QUERIES: usize = 1024;
+/// Most rows one batched search returns (queries × k).
+pub const MAX_RESULT_ROWS: usize = 1_000_000;
+/// ANN queries of one batch in flight at once (Lance parallelises inside each).
+const ANN_CONCURRENCY: usize = 4;
 
 pub struct QueryOutput {
     pub schema: SchemaRef,
@@ -38,11 +46,38 @@ struct Plan {
 }
 
 struct SearchPlan {
-    query: PreparedQuery,
+    /// One per query vector (one for a single search).
+    queries: Vec<PreparedQuery>,
+    /// `vectors` / `texts` was used: the result carries `_query`.
+    batched: bool,
     metric: Metric,
     k: usize,
     /// Which engine answers (reported in the result's schema metadata).
     path: SearchPath,
+}
+
+impl SearchPlan {
+    fn dim(&self) -> usize {
+        self.queries[0].dim()
+    }
+
+    fn kernel_metric(&self) -> hyprstream_kernels::Metric {
+        self.queries[0].metric()
+    }
+}
+
+/// Per query, its neighbours, nearest first.
+type Hits = Vec<Vec<Neighbor>>;
+
+/// What an exact search ranked.
+struct Ranked {
+    hits: Hits,
+    /// The table version the row ids refer to.
+    dataset: Dataset,
+    path: SearchPath,
+    /// The `id` of every hit (queries in order), when the engine already holds them: a
+    /// search that asks for nothing else does not read Lance again.
+    ids: Option<ArrayRef>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -77,8 +112,8 @@ fn kernel_metric(metric: Metric) -> hyprstream_kernels::Metric {
 }
 
 impl TableService {
-    /// `run`: the plan will be executed (a `"text"` query is embedded); otherwise only its
-    /// schema is wanted and the text is checked but not embedded.
+    /// `run`: the plan will be executed (`"text"` / `"texts"` are embedded); otherwise only
+    /// its schema is wanted and the texts are checked but not embedded.
     async fn plan(&self, q: &Query, run: bool) -> Result<Plan> {
         validate_table_name(&q.table)?;
         let dataset = self.store().dataset(&q.table, q.version).await?;
@@ -94,7 +129,8 @@ impl TableService {
             }
         };
         let wants_distance = columns.iter().any(|c| c == DISTANCE);
-        columns.retain(|c| c != DISTANCE);
+        let wants_query = columns.iter().any(|c| c == QUERY);
+        columns.retain(|c| c != DISTANCE && c != QUERY);
         for c in &columns {
             if table_schema.field_with_name(c).is_err() {
                 return Err(Error::invalid(format!(
@@ -106,10 +142,12 @@ impl TableService {
         }
         let mut fields: Vec<Field> =
             columns.iter().map(|c| table_schema.field_with_name(c).expect("checked").clone()).collect();
+        if wants_query && !q.is_batch() {
+            return Err(Error::invalid("'_query' exists only in batched search results: send \"vectors\" (or \"texts\")"));
+        }
 
         let ann_knobs = q.nprobes.is_some() || q.ef.is_some() || q.refine.is_some();
-        let text_vector = self.text_vector(q, &table_schema, run).await?;
-        let search = match text_vector.as_ref().or(q.vector.as_ref()) {
+        let search = match self.query_vectors(q, &table_schema, run).await? {
             None => {
                 if wants_distance {
                     return Err(Error::invalid("'_distance' exists only in search results: add a \"vector\""));
@@ -121,29 +159,46 @@ impl TableService {
                 }
                 None
             }
-            Some(vector) => {
+            Some(vectors) => {
                 if q.limit.is_some() {
                     return Err(Error::invalid("\"limit\" applies to scans; a search returns \"k\" rows"));
                 }
                 let dim = table_dim(&table_schema).ok_or_else(|| {
                     Error::invalid(format!("table '{}' has no fixed-size 'embedding' column to search", q.table))
                 })?;
-                if vector.len() != dim {
-                    return Err(Error::invalid(format!(
-                        "vector has {} values; table '{}' has dim {dim}",
-                        vector.len(),
-                        q.table
-                    )));
-                }
-                if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::invalid(format!("vector[{i}] is not finite ({}): every value must be finite", vector[i])));
+                let batched = q.is_batch();
+                for (i, vector) in vectors.iter().enumerate() {
+                    let name = if batched { format!("vectors[{i}]") } else { "vector".to_string() };
+                    if vector.len() != dim {
+                        return Err(Error::invalid(format!(
+                            "{name} has {} values; table '{}' has dim {dim}",
+                            vector.len(),
+                            q.table
+                        )));
+                    }
+                    if let Some(j) = vector.iter().position(|v| !v.is_finite()) {
+                        return Err(Error::invalid(format!(
+                            "{name}[{j}] is not finite ({}): every value must be finite",
+                            vector[j]
+                        )));
+                    }
                 }
                 let k = q.k.unwrap_or(Query::DEFAULT_K);
                 if k == 0 || k > MAX_K {
                     return Err(Error::invalid(format!("k must be between 1 and {MAX_K}, got {k}")));
                 }
+                if vectors.len() * k > MAX_RESULT_ROWS {
+                    return Err(Error::invalid(format!(
+                        "{} queries × k {k} = {} result rows; a batched search returns at most {MAX_RESULT_ROWS}: send fewer queries or a smaller k",
+                        vectors.len(),
+                        vectors.len() * k
+                    )));
+                }
                 let metric = q.metric.unwrap_or_else(|| table_metric(&table_schema));
                 fields.push(Field::new(DISTANCE, DataType::Float32, false));
+                if batched {
+                    fields.push(Field::new(QUERY, DataType::UInt32, false));
+                }
                 if ann_knobs && q.exact != Some(false) {
                     return Err(Error::invalid("\"nprobes\", \"ef\" and \"refine\" tune ANN searches: add \"exact\": false"));
                 }
@@ -154,7 +209,8 @@ impl TableService {
                 } else {
                     SearchPath::Memory
                 };
-                Some(SearchPlan { query: PreparedQuery::new(kernel_metric(metric), vector.clone()), metric, k, path })
+                let queries = vectors.into_iter().map(|v| PreparedQuery::new(kernel_metric(metric), v)).collect();
+                Some(SearchPlan { queries, batched, metric, k, path })
             }
         };
         let mut metadata = HashMap::new();
@@ -166,24 +222,48 @@ impl TableService {
         Ok(Plan { dataset, columns, schema, search })
     }
 
-    /// A `"text"` query's vector, embedded by the table's model (a zero vector of the table's
-    /// dim when `embed` is false: enough to plan the result schema).
-    async fn text_vector(&self, q: &Query, table_schema: &Schema, embed: bool) -> Result<Option<Vec<f32>>> {
-        let Some(text) = &q.text else { return Ok(None) };
-        if q.vector.is_some() {
-            return Err(Error::invalid("send either \"vector\" or \"text\", not both"));
+    /// The query's vectors: `vector`, `vectors`, or `text` / `texts` embedded by the table's
+    /// model (zero vectors of the table's dim when `embed` is false: enough to plan the
+    /// result schema). None for a scan.
+    async fn query_vectors(&self, q: &Query, table_schema: &Schema, embed: bool) -> Result<Option<Vec<Vec<f32>>>> {
+        let given = [q.vector.is_some(), q.text.is_some(), q.vectors.is_some(), q.texts.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(Error::invalid("send one of \"vector\", \"text\", \"vectors\" or \"texts\", not several"));
         }
+        let count = q.vectors.as_ref().map(Vec::len).or(q.texts.as_ref().map(Vec::len));
+        if let Some(n) = count {
+            let key = if q.vectors.is_some() { "vectors" } else { "texts" };
+            if n == 0 {
+                return Err(Error::invalid(format!("\"{key}\" is empty: send at least one query")));
+            }
+            if n > MAX_QUERIES {
+                return Err(Error::invalid(format!(
+                    "\"{key}\" has {n} queries; a batched search takes at most {MAX_QUERIES}: split it"
+                )));
+            }
+        }
+        if let Some(v) = &q.vector {
+            return Ok(Some(vec![v.clone()]));
+        }
+        if let Some(vs) = &q.vectors {
+            return Ok(Some(vs.clone()));
+        }
+        let texts = match (&q.text, &q.texts) {
+            (Some(t), _) => vec![t.clone()],
+            (_, Some(ts)) => ts.clone(),
+            _ => return Ok(None),
+        };
         let model = super::table_embedding_model(table_schema).ok_or_else(|| {
             Error::invalid(format!(
-                "table '{}' has no embedding model, so \"text\" cannot be embedded: send a \"vector\", or create the table with create_table {{\"name\", \"embedding_model\": \"all-minilm-l6-v2\"}}",
+                "table '{}' has no embedding model, so text cannot be embedded: send vectors, or create the table with create_table {{\"name\", \"embedding_model\": \"all-minilm-l6-v2\"}}",
                 q.table
             ))
         })?;
         if !embed {
-            return Ok(Some(vec![0.0; super::table_dim(table_schema).unwrap_or(0)]));
+            return Ok(Some(vec![vec![0.0; super::table_dim(table_schema).unwrap_or(0)]; texts.len()]));
         }
-        let (_, mut vectors) = self.embed(&model, vec![text.clone()]).await?;
-        Ok(vectors.pop())
+        let (_, vectors) = self.embed(&model, texts).await?;
+        Ok(Some(vectors))
     }
 
     /// The schema `q` would return, without running it.
@@ -217,25 +297,31 @@ impl TableService {
             }
             Some(ref search) => {
                 let started = std::time::Instant::now();
-                let (hits, dataset, path) = match search.path {
+                let ranked = match search.path {
                     SearchPath::Memory | SearchPath::MemoryGpu => {
-                        self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone()).await?
+                        let ids_only = !plan.columns.is_empty() && plan.columns.iter().all(|c| c == ID);
+                        self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone(), ids_only).await?
                     }
-                    SearchPath::VersionScan | SearchPath::Ann => {
-                        (self.search_scan(&plan.dataset, search, q.filter.clone()).await?, plan.dataset.clone(), search.path)
-                    }
+                    SearchPath::VersionScan | SearchPath::Ann => Ranked {
+                        hits: self.search_scan(&plan.dataset, search, q.filter.clone()).await?,
+                        dataset: plan.dataset.clone(),
+                        path: search.path,
+                        ids: None,
+                    },
                 };
-                let ranked = started.elapsed();
+                let rank_time = started.elapsed();
                 // The engine picks CPU or GPU after syncing (by table size): report what answered.
                 let mut metadata = plan.schema.metadata().clone();
-                metadata.insert(SEARCH_PATH.to_string(), path.as_str().to_string());
+                metadata.insert(SEARCH_PATH.to_string(), ranked.path.as_str().to_string());
                 let schema = Arc::new(plan.schema.as_ref().clone().with_metadata(metadata));
-                let batch = self.hit_rows(&plan, &schema, &dataset, &hits).await?;
+                let path = ranked.path;
+                let batch = self.hit_rows(&plan, search, &schema, ranked).await?;
                 tracing::debug!(
                     table = %q.table,
                     path = path.as_str(),
-                    rank_ms = ranked.as_secs_f64() * 1e3,
-                    fetch_ms = (started.elapsed() - ranked).as_secs_f64() * 1e3,
+                    queries = search.queries.len(),
+                    rank_ms = rank_time.as_secs_f64() * 1e3,
+                    fetch_ms = (started.elapsed() - rank_time).as_secs_f64() * 1e3,
                     "search answered"
                 );
                 Ok(QueryOutput { schema, batches: stream::iter([Ok(batch)]).boxed() })
@@ -244,73 +330,63 @@ impl TableService {
     }
 
     /// Search through the table's in-memory engine, first brought up to the latest version.
-    /// Returns the hits, the dataset version they refer to, and which device answered.
     async fn search_memory(
         &self,
         table: &str,
         mut dataset: Dataset,
         search: &SearchPlan,
         filter: Option<String>,
-    ) -> Result<(Vec<Neighbor>, Dataset, SearchPath)> {
-        let slot = self.engines.slot(table, search.query.metric());
+        ids_only: bool,
+    ) -> Result<Ranked> {
+        let slot = self.engines.slot(table, search.kernel_metric());
         let mut engine = slot.write().await;
         if engine.as_ref().is_some_and(|e| e.version > dataset.version().version) {
             // Another search already synced past the version we opened: use the newer one.
             dataset = self.store().dataset(table, None).await?;
         }
-        super::engine::sync(&mut engine, &dataset, search.query.dim(), search.query.metric()).await?;
+        super::engine::sync(&mut engine, &dataset, search.dim(), search.kernel_metric()).await?;
         let engine = engine.downgrade();
         let row_filter = match filter {
             None => None,
             Some(f) => Some(self.filter_rows(&dataset, f).await?),
         };
         let state = engine.as_ref().expect("synced");
-        if let Some(gpu) = state.gpu.as_ref().filter(|_| state.index.len() >= super::gpu::GPU_MIN_ROWS) {
-            let result = tokio::task::block_in_place(|| {
-                gpu.lock().expect("gpu mirror poisoned").search(search.query.vector(), search.k, row_filter.as_ref())
-            });
-            match result {
-                Ok(hits) => return Ok((hits, dataset, SearchPath::MemoryGpu)),
-                // The CPU index holds the same rows: answer from it.
-                Err(e) => tracing::warn!(table, error = %e, "GPU search failed; answered on the CPU"),
-            }
-        }
-        let hits = tokio::task::block_in_place(|| state.index.search(search.query.vector(), search.k, row_filter.as_ref()));
-        Ok((hits, dataset, SearchPath::Memory))
+        let (hits, on_gpu) = tokio::task::block_in_place(|| state.search(&search.queries, search.k, row_filter.as_ref()));
+        let ids = if ids_only { state.ids_of(hits.iter().flatten()) } else { None };
+        Ok(Ranked { hits, dataset, path: if on_gpu { SearchPath::MemoryGpu } else { SearchPath::Memory }, ids })
     }
 
-    /// Search through a Lance vector index (approximate; unindexed rows searched exactly).
+    /// Search through a Lance vector index (approximate; unindexed rows searched exactly),
+    /// one Lance query per query vector.
     async fn search_ann(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<RecordBatch> {
-        let ann = AnnQuery {
-            column: EMBEDDING.to_string(),
-            vector: search.query.vector().to_vec(),
-            k: search.k,
-            metric: super::indexes::distance_type(search.metric),
-            filter: q.filter.clone(),
-            columns: plan.columns.clone(),
-            nprobes: q.nprobes,
-            ef: q.ef,
-            refine: q.refine,
-        };
-        let batch = self.store().ann_search(&plan.dataset, &ann).await?;
-        let distance = batch
-            .column_by_name(DISTANCE)
-            .ok_or_else(|| Error::internal("ANN result has no _distance"))?;
-        let distance = arrow::compute::cast(distance, &DataType::Float32)?;
-        let distance = distance.as_primitive::<arrow::datatypes::Float32Type>();
-        // Lance's dot distance is 1 − q·x; the contract's is −q·x.
-        let distance: Float32Array = match search.metric {
-            Metric::Dot => distance.unary(|d| d - 1.0),
-            _ => distance.clone(),
-        };
-        let mut columns: Vec<Arc<dyn Array>> = plan
-            .columns
-            .iter()
-            .map(|c| batch.column_by_name(c).cloned().ok_or_else(|| Error::internal(format!("ANN result lacks {c}"))))
-            .collect::<Result<_>>()?;
-        columns.push(Arc::new(distance));
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        RecordBatch::try_new_with_options(plan.schema.clone(), columns, &options).map_err(Error::from)
+        // Futures built in a loop (not a closure over borrowed items: that trips the
+        // higher-ranked lifetime check of tonic's Send bound).
+        let mut answers = Vec::with_capacity(search.queries.len());
+        for (i, query) in search.queries.iter().enumerate() {
+            let ann = AnnQuery {
+                column: EMBEDDING.to_string(),
+                vector: query.vector().to_vec(),
+                k: search.k,
+                metric: super::indexes::distance_type(search.metric),
+                filter: q.filter.clone(),
+                columns: plan.columns.clone(),
+                nprobes: q.nprobes,
+                ef: q.ef,
+                refine: q.refine,
+            };
+            answers.push(async move {
+                let batch = self.store().ann_search(&plan.dataset, &ann).await?;
+                ann_result(plan, search, batch, i as u32)
+            });
+        }
+        let batches: Vec<RecordBatch> = stream::iter(answers)
+            .buffered(ANN_CONCURRENCY)
+            .try_collect()
+            .await?;
+        if batches.is_empty() {
+            return Ok(RecordBatch::new_empty(plan.schema.clone()));
+        }
+        arrow::compute::concat_batches(&plan.schema, &batches).map_err(Error::from)
     }
 
     /// The row ids a filter admits (the prefilter of a search).
@@ -325,38 +401,57 @@ impl TableService {
     }
 
     /// Search of a pinned version: stream its (prefiltered) vectors through the kernels.
-    async fn search_scan(&self, dataset: &Dataset, search: &SearchPlan, filter: Option<String>) -> Result<Vec<Neighbor>> {
+    async fn search_scan(&self, dataset: &Dataset, search: &SearchPlan, filter: Option<String>) -> Result<Hits> {
         let spec = ScanSpec { filter, columns: Some(vec![EMBEDDING.to_string()]), limit: None, with_row_id: true };
         let (_, mut batches) = self.store().scan(dataset, &spec).await?;
-        let mut top = TopK::new(search.k);
+        let mut tops: Vec<TopK> = search.queries.iter().map(|_| TopK::new(search.k)).collect();
         let mut scratch = Vec::new();
         while let Some(batch) = batches.try_next().await? {
-            let block = vector_block(&batch, EMBEDDING, search.query.dim())?;
+            let block = vector_block(&batch, EMBEDDING, search.dim())?;
             tokio::task::block_in_place(|| {
-                search_block(&search.query, block.matrix, Some(&block.valid), Some(block.row_ids), 0, &mut scratch, &mut top)
+                for (query, top) in search.queries.iter().zip(&mut tops) {
+                    search_block(query, block.matrix, Some(&block.valid), Some(block.row_ids), 0, &mut scratch, top);
+                }
             });
         }
-        Ok(top.into_sorted())
+        Ok(tops.into_iter().map(TopK::into_sorted).collect())
     }
 
-    /// The requested columns of the hit rows, best first, with `_distance`, as `schema` (the
-    /// plan's columns; its metadata names the path that answered).
-    async fn hit_rows(&self, plan: &Plan, schema: &SchemaRef, dataset: &Dataset, hits: &[Neighbor]) -> Result<RecordBatch> {
-        let row_ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
-        let mut columns: Vec<Arc<dyn Array>> = if plan.columns.is_empty() || hits.is_empty() {
+    /// The requested columns of the hit rows, queries in order and nearest first within each,
+    /// with `_distance` (and `_query` for a batch), as `schema` (the plan's columns; its
+    /// metadata names the path that answered).
+    async fn hit_rows(&self, plan: &Plan, search: &SearchPlan, schema: &SchemaRef, ranked: Ranked) -> Result<RecordBatch> {
+        let hits: Vec<(u32, &Neighbor)> =
+            ranked.hits.iter().enumerate().flat_map(|(q, hits)| hits.iter().map(move |h| (q as u32, h))).collect();
+        let mut columns: Vec<ArrayRef> = if plan.columns.is_empty() || hits.is_empty() {
             plan.schema.fields().iter().take(plan.columns.len()).map(|f| arrow::array::new_empty_array(f.data_type())).collect()
+        } else if let Some(ids) = ranked.ids.filter(|_| plan.columns.iter().all(|c| c == ID)) {
+            plan.columns.iter().map(|_| ids.clone()).collect()
         } else {
-            self.store().take_rows(dataset, &row_ids, &plan.columns).await?
+            // A row can answer several queries of a batch: read each once.
+            let mut unique: Vec<u64> = hits.iter().map(|(_, h)| h.id).collect();
+            unique.sort_unstable();
+            unique.dedup();
+            let rows = self.store().take_rows(&ranked.dataset, &unique, &plan.columns).await?;
+            let positions = arrow::array::UInt32Array::from_iter_values(
+                hits.iter().map(|(_, h)| unique.binary_search(&h.id).expect("taken") as u32),
+            );
+            rows.iter().map(|c| arrow::compute::take(c.as_ref(), &positions, None).map_err(Error::from)).collect::<Result<_>>()?
         };
-        columns.push(Arc::new(Float32Array::from_iter_values(hits.iter().map(|h| h.distance))));
+        columns.push(Arc::new(Float32Array::from_iter_values(hits.iter().map(|(_, h)| h.distance))));
+        if search.batched {
+            columns.push(Arc::new(UInt32Array::from_iter_values(hits.iter().map(|(q, _)| *q))));
+        }
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(hits.len()));
         RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(Error::from)
     }
 
-    /// The `search` action: hits as JSON-friendly structs.
+    /// The `search` action: hits as JSON-friendly structs (with `query` for a batch).
     pub async fn search_hits(&self, q: &Query) -> Result<Vec<SearchHit>> {
-        if q.vector.is_none() && q.text.is_none() {
-            return Err(Error::invalid("the search action needs a \"vector\" (or \"text\" on a table with an embedding model)"));
+        if !q.is_search() {
+            return Err(Error::invalid(
+                "the search action needs a \"vector\" or \"vectors\" (or \"text\" / \"texts\" on a table with an embedding model)",
+            ));
         }
         validate_table_name(&q.table)?;
         let table_schema = dataset_schema(&self.store().dataset(&q.table, q.version).await?);
@@ -375,10 +470,12 @@ impl TableService {
             let ids = batch.column_by_name(ID).map(|c| c.as_string::<i32>());
             let types = batch.column_by_name(DATA_TYPE).map(|c| c.as_string::<i32>());
             let metas = batch.column_by_name(METADATA).map(|c| c.as_string::<i32>());
+            let queries = batch.column_by_name(QUERY).map(|c| c.as_primitive::<arrow::datatypes::UInt32Type>());
             let distances = batch.column_by_name(DISTANCE).expect("search result").as_primitive::<arrow::datatypes::Float32Type>();
             for row in 0..batch.num_rows() {
                 let text = |c: Option<&arrow::array::StringArray>| c.filter(|c| c.is_valid(row)).map(|c| c.value(row).to_string());
                 hits.push(SearchHit {
+                    query: queries.map(|c| c.value(row)),
                     id: text(ids).unwrap_or_default(),
                     distance: distances.value(row),
                     data_type: text(types),
@@ -388,4 +485,28 @@ impl TableService {
         }
         Ok(hits)
     }
+}
+
+/// One ANN answer in the result's shape: the plan's columns, `_distance` by the contract's
+/// definition, and `_query` for a batch.
+fn ann_result(plan: &Plan, search: &SearchPlan, batch: RecordBatch, query: u32) -> Result<RecordBatch> {
+    let distance = batch.column_by_name(DISTANCE).ok_or_else(|| Error::internal("ANN result has no _distance"))?;
+    let distance = arrow::compute::cast(distance, &DataType::Float32)?;
+    let distance = distance.as_primitive::<arrow::datatypes::Float32Type>();
+    // Lance's dot distance is 1 − q·x; the contract's is −q·x.
+    let distance: Float32Array = match search.metric {
+        Metric::Dot => distance.unary(|d| d - 1.0),
+        _ => distance.clone(),
+    };
+    let mut columns: Vec<ArrayRef> = plan
+        .columns
+        .iter()
+        .map(|c| batch.column_by_name(c).cloned().ok_or_else(|| Error::internal(format!("ANN result lacks {c}"))))
+        .collect::<Result<_>>()?;
+    columns.push(Arc::new(distance));
+    if search.batched {
+        columns.push(Arc::new(UInt32Array::from_value(query, batch.num_rows())));
+    }
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(plan.schema.clone(), columns, &options).map_err(Error::from)
 }
