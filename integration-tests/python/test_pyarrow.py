@@ -117,7 +117,9 @@ def test_errors_map_to_pyarrow_exceptions(server):
         reader.read_all()
     with pytest.raises(pa.ArrowInvalid, match="dim 16"):
         get(c, {"table": "t", "vector": [1.0, 2.0]})
-    with pytest.raises(pa.ArrowInvalid, match="unknown field"):
+    with pytest.raises(pa.ArrowInvalid, match="unknown field `vectr`"):
+        get(c, {"table": "t", "vectr": [1.0]})
+    with pytest.raises(pa.ArrowInvalid, match="expected a sequence"):  # "vectors" is a list of lists
         get(c, {"table": "t", "vectors": [1.0]})
     bad = table.set_column(2, "data_type", pa.array(["text", "text", "audio", "text", "text"]))
     with pytest.raises(pa.ArrowInvalid, match="'text' or 'image'"):
