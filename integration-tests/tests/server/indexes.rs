@@ -53,6 +53,25 @@ async fn ivf_flat_probing_every_partition_equals_exact_search_and_sees_new_rows(
     assert_eq!(query_column(&approx), query_column(&exact));
     assert_eq!(string_column(&approx, "id"), string_column(&exact, "id"));
 
+    // Ids only: the same rows, named from the server's id map instead of a Lance take.
+    let q = random_vector(DIM);
+    let full = client.query(&Query { nprobes: Some(8), ..ann("t", q.clone(), 10) }).await.unwrap();
+    let ids_only = client.query(&Query { nprobes: Some(8), columns: Some(vec!["id".into()]), ..ann("t", q.clone(), 10) }).await.unwrap();
+    assert_eq!(ids_only.schema.fields().len(), 2);
+    assert_eq!(string_column(&ids_only, "id"), string_column(&full, "id"));
+    assert_eq!(distances(&ids_only), distances(&full));
+    // ... and the map follows writes: a moved row is found under its id, a deleted one never.
+    let best = string_column(&full, "id")[0].clone();
+    client.delete("t", &format!("id = '{best}'")).await.unwrap();
+    let after = client.query(&Query { nprobes: Some(8), columns: Some(vec!["id".into()]), ..ann("t", q.clone(), 10) }).await.unwrap();
+    assert!(!string_column(&after, "id").contains(&best));
+    assert_eq!(string_column(&after, "id")[..9], string_column(&full, "id")[1..]);
+    let mut moved = rows[7].clone();
+    moved.embedding = Some(q.clone());
+    client.put("t", vec![batch(&[moved], DIM)]).await.unwrap();
+    let after = client.query(&Query { nprobes: Some(8), columns: Some(vec!["id".into()]), ..ann("t", q, 1) }).await.unwrap();
+    assert_eq!(string_column(&after, "id"), vec!["i-7"]);
+
     // Rows added after the build are found (Lance searches unindexed fragments exactly) ...
     let fresh = random_rows("fresh", 5, DIM);
     client.put("t", vec![batch(&fresh, DIM)]).await.unwrap();
@@ -67,7 +86,7 @@ async fn ivf_flat_probing_every_partition_equals_exact_search_and_sees_new_rows(
     // The exact engine follows the compaction too.
     let exact = client.search("t", q, 1).await.unwrap();
     assert_eq!(string_column(&exact, "id"), vec!["fresh-2"]);
-    assert_eq!(client.describe_table("t").await.unwrap().rows, 3005);
+    assert_eq!(client.describe_table("t").await.unwrap().rows, 3004);
 }
 
 #[tokio::test(flavor = "multi_thread")]

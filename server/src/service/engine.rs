@@ -16,7 +16,7 @@ use hyprstream_kernels::{FlatIndex, Metric as KernelMetric, Neighbor, PreparedQu
 use hyprstream_proto::columns::{EMBEDDING, ID};
 use lance::dataset::Dataset;
 use lance::table::format::Fragment;
-use tokio::sync::RwLock;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use super::gpu::{search_device, GpuMirror, GPU_MIN_ROWS};
 use crate::error::{Error, Result};
@@ -43,7 +43,7 @@ pub struct TableEngine {
 
 impl TableEngine {
     fn new(dim: usize, metric: KernelMetric) -> Self {
-        let gpu = search_device().and_then(|device| match GpuMirror::new(device, dim, metric) {
+        let gpu = search_device().filter(|_| dim > 0).and_then(|device| match GpuMirror::new(device, dim, metric) {
             Ok(mirror) => Some(Mutex::new(mirror)),
             Err(e) => {
                 tracing::warn!(error = %e, "GPU search index unavailable; this table is searched on the CPU");
@@ -104,13 +104,26 @@ impl TableEngine {
     }
 }
 
+pub type EngineSlot = Arc<RwLock<Option<TableEngine>>>;
+
 #[derive(Default)]
 pub struct Engines {
-    engines: Mutex<HashMap<(String, KernelMetric), Arc<RwLock<Option<TableEngine>>>>>,
+    /// Per table: one engine per metric searched, and (key `None`) one that holds only the
+    /// ids, for ANN searches (their vectors live in the Lance index).
+    engines: Mutex<HashMap<(String, Option<KernelMetric>), EngineSlot>>,
 }
 
 impl Engines {
-    pub fn slot(&self, table: &str, metric: KernelMetric) -> Arc<RwLock<Option<TableEngine>>> {
+    pub fn slot(&self, table: &str, metric: KernelMetric) -> EngineSlot {
+        self.entry(table, Some(metric))
+    }
+
+    /// The table's ids-only engine (dim 0: no vectors are loaded).
+    pub fn ids_slot(&self, table: &str) -> EngineSlot {
+        self.entry(table, None)
+    }
+
+    fn entry(&self, table: &str, metric: Option<KernelMetric>) -> EngineSlot {
         let mut engines = self.engines.lock().expect("engine map poisoned");
         engines.entry((table.to_string(), metric)).or_default().clone()
     }
@@ -121,8 +134,26 @@ impl Engines {
     }
 }
 
+/// The slot's engine at `dataset`'s version or a newer one, read-locked so searches share it;
+/// only a search that finds it behind (or of another dim: the table was overwritten) takes
+/// the write lock and syncs it to `dataset`.
+pub async fn synced(slot: &EngineSlot, dataset: &Dataset, dim: usize, metric: KernelMetric) -> Result<OwnedRwLockReadGuard<Option<TableEngine>>> {
+    let version = dataset.version().version;
+    let usable = |e: &Option<TableEngine>| e.as_ref().is_some_and(|e| e.version >= version && e.index.dim() == dim);
+    let engine = slot.clone().read_owned().await;
+    if usable(&engine) {
+        return Ok(engine);
+    }
+    drop(engine);
+    let mut engine = slot.clone().write_owned().await;
+    if !usable(&engine) {
+        sync(&mut engine, dataset, dim, metric).await?;
+    }
+    Ok(engine.downgrade())
+}
+
 /// Brings `engine` to `dataset`'s version (building it on first use).
-pub async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usize, metric: KernelMetric) -> Result<()> {
+async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usize, metric: KernelMetric) -> Result<()> {
     let version = dataset.version().version;
     if engine.as_ref().is_some_and(|e| e.version == version) {
         return Ok(());
@@ -199,15 +230,22 @@ async fn fragment_vectors(dataset: &Dataset, fragment: &Fragment, dim: usize) ->
     let with_keys = dataset.schema().field(ID).is_some_and(|f| f.data_type() == arrow_schema::DataType::Utf8);
     let mut scanner = dataset.scan();
     scanner.with_fragments(vec![fragment.clone()]).with_row_id();
-    let columns: &[&str] = if with_keys { &[EMBEDDING, ID] } else { &[EMBEDDING] };
-    scanner.project(columns).map_err(lance_error)?;
+    // dim 0: an ids-only engine.
+    let columns: Vec<&str> = [(dim > 0, EMBEDDING), (with_keys, ID)].iter().filter(|c| c.0).map(|c| c.1).collect();
+    scanner.project(&columns).map_err(lance_error)?;
     let mut stream = scanner.try_into_stream().await.map_err(lance_error)?;
     let (mut ids, mut vectors, mut valid, mut keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     while let Some(b) = stream.try_next().await.map_err(lance_error)? {
-        let block = vector_block(&b, EMBEDDING, dim)?;
-        ids.extend_from_slice(block.row_ids);
-        vectors.extend_from_slice(block.matrix);
-        valid.extend(block.valid);
+        if dim > 0 {
+            let block = vector_block(&b, EMBEDDING, dim)?;
+            ids.extend_from_slice(block.row_ids);
+            vectors.extend_from_slice(block.matrix);
+            valid.extend(block.valid);
+        } else {
+            let rows = row_ids(&b)?;
+            ids.extend_from_slice(rows);
+            valid.extend(std::iter::repeat_n(false, rows.len()));
+        }
         if with_keys {
             keys.push(b.column_by_name(ID).ok_or_else(|| Error::internal("scan lost id"))?.clone());
         }

@@ -291,18 +291,22 @@ impl TableService {
                     .boxed();
                 Ok(QueryOutput { schema: plan.schema, batches })
             }
-            Some(ref search) if search.path == SearchPath::Ann => {
-                let batch = self.search_ann(&plan, search, q).await?;
-                Ok(QueryOutput { schema: plan.schema, batches: stream::iter([Ok(batch)]).boxed() })
-            }
             Some(ref search) => {
                 let started = std::time::Instant::now();
+                let ids_only = !plan.columns.is_empty() && plan.columns.iter().all(|c| c == ID);
                 let ranked = match search.path {
                     SearchPath::Memory | SearchPath::MemoryGpu => {
-                        let ids_only = !plan.columns.is_empty() && plan.columns.iter().all(|c| c == ID);
                         self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone(), ids_only).await?
                     }
-                    SearchPath::VersionScan | SearchPath::Ann => Ranked {
+                    SearchPath::Ann => {
+                        let hits = self.search_ann(&plan, search, q).await?;
+                        let ids = match ids_only && q.version.is_none() {
+                            true => self.engine_ids(&q.table, &plan.dataset, &hits).await?,
+                            false => None,
+                        };
+                        Ranked { hits, dataset: plan.dataset.clone(), path: SearchPath::Ann, ids }
+                    }
+                    SearchPath::VersionScan => Ranked {
                         hits: self.search_scan(&plan.dataset, search, q.filter.clone()).await?,
                         dataset: plan.dataset.clone(),
                         path: search.path,
@@ -339,54 +343,60 @@ impl TableService {
         ids_only: bool,
     ) -> Result<Ranked> {
         let slot = self.engines.slot(table, search.kernel_metric());
-        let mut engine = slot.write().await;
-        if engine.as_ref().is_some_and(|e| e.version > dataset.version().version) {
-            // Another search already synced past the version we opened: use the newer one.
-            dataset = self.store().dataset(table, None).await?;
+        let engine = super::engine::synced(&slot, &dataset, search.dim(), search.kernel_metric()).await?;
+        let state = engine.as_ref().expect("synced");
+        if state.version != dataset.version().version {
+            // Another search synced it past the version we opened: read rows at its version.
+            dataset = self.store().dataset(table, Some(state.version)).await?;
         }
-        super::engine::sync(&mut engine, &dataset, search.dim(), search.kernel_metric()).await?;
-        let engine = engine.downgrade();
         let row_filter = match filter {
             None => None,
             Some(f) => Some(self.filter_rows(&dataset, f).await?),
         };
-        let state = engine.as_ref().expect("synced");
         let (hits, on_gpu) = tokio::task::block_in_place(|| state.search(&search.queries, search.k, row_filter.as_ref()));
         let ids = if ids_only { state.ids_of(hits.iter().flatten()) } else { None };
         Ok(Ranked { hits, dataset, path: if on_gpu { SearchPath::MemoryGpu } else { SearchPath::Memory }, ids })
     }
 
+    /// The ids of `hits` (row ids of `dataset`, the latest version) from the table's
+    /// ids-only engine; None where it cannot say (the caller reads them from Lance).
+    async fn engine_ids(&self, table: &str, dataset: &Dataset, hits: &Hits) -> Result<Option<ArrayRef>> {
+        let slot = self.engines.ids_slot(table);
+        let engine = super::engine::synced(&slot, dataset, 0, hyprstream_kernels::Metric::Cosine).await?;
+        let state = engine.as_ref().expect("synced");
+        // Row ids name rows of one version; another version's map might not.
+        Ok(if state.version == dataset.version().version { state.ids_of(hits.iter().flatten()) } else { None })
+    }
+
     /// Search through a Lance vector index (approximate; unindexed rows searched exactly),
-    /// one Lance query per query vector.
-    async fn search_ann(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<RecordBatch> {
+    /// one Lance query per query vector. Distances follow the contract.
+    async fn search_ann(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<Hits> {
         // Futures built in a loop (not a closure over borrowed items: that trips the
         // higher-ranked lifetime check of tonic's Send bound).
         let mut answers = Vec::with_capacity(search.queries.len());
-        for (i, query) in search.queries.iter().enumerate() {
+        for query in &search.queries {
             let ann = AnnQuery {
                 column: EMBEDDING.to_string(),
                 vector: query.vector().to_vec(),
                 k: search.k,
                 metric: super::indexes::distance_type(search.metric),
                 filter: q.filter.clone(),
-                columns: plan.columns.clone(),
                 nprobes: q.nprobes,
                 ef: q.ef,
                 refine: q.refine,
             };
             answers.push(async move {
-                let batch = self.store().ann_search(&plan.dataset, &ann).await?;
-                ann_result(plan, search, batch, i as u32)
+                let (ids, distances) = self.store().ann_search(&plan.dataset, &ann).await?;
+                Ok::<_, Error>(
+                    ids.into_iter()
+                        .zip(distances)
+                        // Lance's dot distance is 1 − q·x; the contract's is −q·x.
+                        .map(|(id, d)| Neighbor { id, distance: if search.metric == Metric::Dot { d - 1.0 } else { d } })
+                        .collect::<Vec<_>>(),
+                )
             });
         }
-        let batches: Vec<RecordBatch> = stream::iter(answers)
-            .buffered(ANN_CONCURRENCY)
-            .try_collect()
-            .await?;
-        if batches.is_empty() {
-            return Ok(RecordBatch::new_empty(plan.schema.clone()));
-        }
-        arrow::compute::concat_batches(&plan.schema, &batches).map_err(Error::from)
+        stream::iter(answers).buffered(ANN_CONCURRENCY).try_collect().await
     }
 
     /// The row ids a filter admits (the prefilter of a search).
@@ -485,28 +495,4 @@ impl TableService {
         }
         Ok(hits)
     }
-}
-
-/// One ANN answer in the result's shape: the plan's columns, `_distance` by the contract's
-/// definition, and `_query` for a batch.
-fn ann_result(plan: &Plan, search: &SearchPlan, batch: RecordBatch, query: u32) -> Result<RecordBatch> {
-    let distance = batch.column_by_name(DISTANCE).ok_or_else(|| Error::internal("ANN result has no _distance"))?;
-    let distance = arrow::compute::cast(distance, &DataType::Float32)?;
-    let distance = distance.as_primitive::<arrow::datatypes::Float32Type>();
-    // Lance's dot distance is 1 − q·x; the contract's is −q·x.
-    let distance: Float32Array = match search.metric {
-        Metric::Dot => distance.unary(|d| d - 1.0),
-        _ => distance.clone(),
-    };
-    let mut columns: Vec<ArrayRef> = plan
-        .columns
-        .iter()
-        .map(|c| batch.column_by_name(c).cloned().ok_or_else(|| Error::internal(format!("ANN result lacks {c}"))))
-        .collect::<Result<_>>()?;
-    columns.push(Arc::new(distance));
-    if search.batched {
-        columns.push(Arc::new(UInt32Array::from_value(query, batch.num_rows())));
-    }
-    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    RecordBatch::try_new_with_options(plan.schema.clone(), columns, &options).map_err(Error::from)
 }
