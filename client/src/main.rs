@@ -74,7 +74,8 @@ enum Command {
         /// Comma-separated floats.
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true, conflicts_with = "vector_file")]
         vector: Option<Vec<f32>>,
-        /// A file holding the vector as a JSON array or whitespace/comma-separated floats.
+        /// A file holding the vector as a JSON array or whitespace/comma-separated floats; a
+        /// JSON array of arrays is a batch (one search, rows tagged with `_query`).
         #[arg(long, conflicts_with = "text")]
         vector_file: Option<PathBuf>,
         /// Search by text (the table's embedding model embeds it).
@@ -179,14 +180,17 @@ async fn run(cli: Cli) -> Result<()> {
             out.rows(client.query(&q).await?)?
         }
         Command::Search { table, vector, vector_file, text, k, filter, columns, metric, version } => {
-            let vector = match (vector, vector_file, &text) {
-                (Some(v), _, _) => Some(v),
-                (None, Some(path), _) => Some(read_vector(&path)?),
-                (None, None, Some(_)) => None,
+            let (vector, vectors) = match (vector, vector_file, &text) {
+                (Some(v), _, _) => (Some(v), None),
+                (None, Some(path), _) => match read_vectors(&path)? {
+                    QueryVectors::One(v) => (Some(v), None),
+                    QueryVectors::Batch(vs) => (None, Some(vs)),
+                },
+                (None, None, Some(_)) => (None, None),
                 (None, None, None) => bail!("give the query as --vector 0.1,0.2,…, --vector-file FILE or --text \"…\""),
             };
             let metric = metric.as_deref().map(parse_metric).transpose()?;
-            let q = Query { table, filter, columns, version, vector, text, k: Some(k), metric, ..Default::default() };
+            let q = Query { table, filter, columns, version, vector, vectors, text, k: Some(k), metric, ..Default::default() };
             out.rows(client.query(&q).await?)?
         }
         Command::Delete { table, filter } => out.value(&client.delete(&table, &filter).await?)?,
@@ -292,13 +296,23 @@ fn read_file(path: &Path) -> Result<(SchemaRef, Batches)> {
     }
 }
 
-fn read_vector(path: &Path) -> Result<Vec<f32>> {
+enum QueryVectors {
+    One(Vec<f32>),
+    Batch(Vec<Vec<f32>>),
+}
+
+/// A query file: a JSON array of floats or of arrays (a batch), or bare floats.
+fn read_vectors(path: &Path) -> Result<QueryVectors> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     if let Ok(v) = serde_json::from_str::<Vec<f32>>(&text) {
-        return Ok(v);
+        return Ok(QueryVectors::One(v));
+    }
+    if let Ok(vs) = serde_json::from_str::<Vec<Vec<f32>>>(&text) {
+        return Ok(QueryVectors::Batch(vs));
     }
     text.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<f32>().with_context(|| format!("'{s}' is not a number")))
-        .collect()
+        .collect::<Result<_>>()
+        .map(QueryVectors::One)
 }

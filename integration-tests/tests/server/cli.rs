@@ -53,6 +53,11 @@ async fn the_cli_drives_every_verb() {
     let parquet = dir.path().join("hits.parquet");
     ok(&server, &["search", "cli", "--vector-file", vector_file.to_str().unwrap(), "-k", "3", "--parquet", parquet.to_str().unwrap()]);
     assert!(std::fs::metadata(&parquet).unwrap().len() > 0);
+    // A JSON array of arrays is one batched search: rows carry `_query`.
+    std::fs::write(&vector_file, "[[4, 1, 0.5], [2, 1, 0.5]]").unwrap();
+    let found = ok(&server, &["--json", "search", "cli", "--vector-file", vector_file.to_str().unwrap(), "-k", "1", "--metric", "l2", "--columns", "id"]);
+    let rows: Vec<serde_json::Value> = found.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(|r| (r["id"].as_str().unwrap(), r["_query"].as_u64().unwrap())).collect::<Vec<_>>(), vec![("c-4", 0), ("c-2", 1)]);
 
     let table = ok(&server, &["scan", "cli", "--limit", "2", "--columns", "id,data_type"]);
     assert!(table.contains("| id ") && table.contains("data_type"), "{table}");

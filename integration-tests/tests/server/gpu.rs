@@ -1,6 +1,8 @@
 //! Exact search on the GPU through the real server (`--device cuda:0`). It needs an NVIDIA GPU
 //! and driver, so it is ignored by default; `scripts/gpu-run.sh` runs it on a GPU machine
 //! (`server-tests gpu:: --ignored`) from the binaries `make gpu-check` packs.
+use hyprstream_client::proto::Query;
+
 use crate::common::*;
 
 const DIM: usize = 96;
@@ -52,10 +54,7 @@ async fn exact_search_on_the_gpu_matches_the_reference_and_follows_writes() {
         }
         // Prefilter → device mask.
         let q = random_vector(DIM);
-        let query = hyprstream_client::proto::Query {
-            filter: Some("data_type = 'image'".into()),
-            ..hyprstream_client::proto::Query::search(&table, q.clone(), 10)
-        };
+        let query = Query { filter: Some("data_type = 'image'".into()), ..Query::search(&table, q.clone(), 10) };
         check(&rows, &client.query(&query).await.unwrap(), &q, 10, &|r| r.data_type == "image");
         // A deleted row is never returned; a new row is found by the very next search.
         let target = rows[123].embedding.clone().unwrap();
@@ -100,27 +99,34 @@ async fn exact_search_latency_through_flight_gpu_and_cpu() {
         let first = client.search("big", queries[0].clone(), 10).await.unwrap();
         println!("[{device}] first search (engine load): {:.2} s", started.elapsed().as_secs_f64());
         assert_eq!(first.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some(path));
-        let mut times = Vec::new();
         let mut ids = Vec::new();
-        for q in &queries {
-            let started = std::time::Instant::now();
-            let found = client.search("big", q.clone(), 10).await.unwrap();
-            times.push(started.elapsed().as_secs_f64() * 1e3);
-            ids.push(string_column(&found, "id"));
+        // Whole rows (Lance fetches them) and ids only (the engine names them).
+        for ids_only in [false, true] {
+            let mut times = Vec::new();
+            for q in &queries {
+                let query = Query { columns: ids_only.then(|| vec!["id".to_string()]), ..Query::search("big", q.clone(), 10) };
+                let started = std::time::Instant::now();
+                let found = client.query(&query).await.unwrap();
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+                if ids_only {
+                    ids.push(string_column(&found, "id"));
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "[{device}] {ROWS} x {DIM} cosine k=10 through Flight, {}: p50 {:.2} ms, p99 {:.2} ms ({} threads on this machine)",
+                if ids_only { "ids only" } else { "whole rows" },
+                times[QUERIES / 2],
+                times[QUERIES * 99 / 100],
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            );
         }
-        times.sort_by(f64::total_cmp);
-        println!(
-            "[{device}] {ROWS} x {DIM} cosine k=10 through Flight: p50 {:.2} ms, p99 {:.2} ms ({} threads on this machine)",
-            times[QUERIES / 2],
-            times[QUERIES * 99 / 100],
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        );
         // Batches of 64 in one ticket each.
         let started = std::time::Instant::now();
         let mut batched = Vec::new();
         for chunk in queries.chunks(64) {
             let found = client
-                .query(&hyprstream_client::proto::Query { columns: Some(vec!["id".into()]), ..hyprstream_client::proto::Query::search_batch("big", chunk.to_vec(), 10) })
+                .query(&Query { columns: Some(vec!["id".into()]), ..Query::search_batch("big", chunk.to_vec(), 10) })
                 .await
                 .unwrap();
             assert_eq!(found.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some(path));
