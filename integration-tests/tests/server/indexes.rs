@@ -16,6 +16,21 @@ fn ann(table: &str, q: Vec<f32>, k: usize) -> Query {
     Query { exact: Some(false), ..Query::search(table, q, k) }
 }
 
+/// The server probes an index itself when nothing else is asked; a filter that admits every
+/// row sends the same query through Lance's planner. Both must give the same answer (table "t").
+async fn assert_direct_equals_planned(client: &mut HyprstreamClient, kind: &str) {
+    for _ in 0..3 {
+        let direct = Query { nprobes: Some(4), ef: Some(100), ..ann("t", random_vector(DIM), 10) };
+        let planned = Query { filter: Some("id IS NOT NULL".into()), ..direct.clone() };
+        let (d, p) = (client.query(&direct).await.unwrap(), client.query(&planned).await.unwrap());
+        assert_eq!(d.num_rows(), 10, "{kind}");
+        assert_eq!(string_column(&d, "id"), string_column(&p, "id"), "{kind}");
+        for (a, b) in distances(&d).iter().zip(distances(&p)) {
+            assert!((a - b).abs() <= 1e-6, "{kind}: {a} vs {b}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ivf_flat_probing_every_partition_equals_exact_search_and_sees_new_rows() {
     let server = Server::start();
@@ -108,6 +123,8 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
     let recall = found as f64 / (10 * queries) as f64;
     assert!(recall >= 0.8, "recall@10 {recall}");
 
+    assert_direct_equals_planned(&mut client, "ivf_hnsw_sq").await;
+
     // A prefilter applies to ANN searches too.
     let q = random_vector(DIM);
     let filtered = client
@@ -126,6 +143,7 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
     let top = client.query(&Query { refine: Some(10), nprobes: Some(4), metric: None, ..ann("t", rows[7].embedding.clone().unwrap(), 3) }).await.unwrap();
     assert_eq!(string_column(&top, "id")[0], "h-7");
     assert!(distances(&top)[0].abs() < 1e-4);
+    assert_direct_equals_planned(&mut client, "ivf_pq").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,19 +1,24 @@
 //! Lance indexes: vector (IVF_PQ, IVF_HNSW_SQ, IVF_FLAT) and scalar (BTree, Bitmap), ANN
 //! search through them, and compaction.
 
+use std::sync::Arc;
+
 use arrow_array::cast::AsArray;
 use arrow_array::{Float32Array, RecordBatch};
 use futures::TryStreamExt;
 use lance::dataset::optimize::{compact_files, CompactionOptions};
 use lance::dataset::Dataset;
 use lance::index::vector::VectorIndexParams;
-use lance::index::DatasetIndexExt;
+use lance::index::{DatasetIndexExt, DatasetIndexInternalExt};
 use lance_index::optimize::OptimizeOptions;
 use lance_index::scalar::{BuiltinIndexType, ScalarIndexParams};
 use lance_index::vector::hnsw::builder::HnswBuildParams;
 use lance_index::vector::ivf::IvfBuildParams;
 use lance_index::vector::sq::builder::SQBuildParams;
+use lance_index::prefilter::{NoFilter, PreFilter};
+use lance_index::vector::{Query, DEFAULT_QUERY_PARALLELISM};
 use lance_index::IndexType;
+use lance::table::format::IndexMetadata;
 use lance_linalg::distance::DistanceType;
 
 use super::{lance_error, lance_query_error, Store};
@@ -89,6 +94,86 @@ impl Store {
     /// nearest first. Only ids come back (the caller fetches the columns it needs, or none:
     /// Lance's take of even one column costs ≈ 0.8 ms per query here).
     pub async fn ann_search(&self, dataset: &Dataset, q: &AnnQuery) -> Result<(Vec<u64>, Vec<f32>)> {
+        match self.ann_search_direct(dataset, q).await? {
+            Some(found) => Ok(found),
+            None => self.ann_search_planned(dataset, q).await,
+        }
+    }
+
+    /// The common case without Lance's query planner (its DataFusion plan costs more than
+    /// the HNSW search itself here): the index's partitions are probed directly and merged,
+    /// exactly as the planner's ANN nodes would. Only where nothing else is needed, so the
+    /// answer is the planner's: one index segment covering every fragment (no unindexed
+    /// rows to flat-search), no deleted rows (nothing to prefilter), no filter, no refine,
+    /// `nprobes` given (the planner's adaptive probing is not reproduced), and the index's
+    /// metric. None otherwise.
+    async fn ann_search_direct(&self, dataset: &Dataset, q: &AnnQuery) -> Result<Option<(Vec<u64>, Vec<f32>)>> {
+        let Some(nprobes) = q.nprobes else { return Ok(None) };
+        if q.filter.is_some() || q.refine.is_some() || dataset.fragments().iter().any(|f| f.deletion_file.is_some()) {
+            return Ok(None);
+        }
+        let segments = self.vector_index_segments(dataset, &q.column).await?;
+        let [segment] = segments.as_slice() else { return Ok(None) };
+        let covered = segment.fragment_bitmap.as_ref().is_some_and(|bitmap| {
+            bitmap.len() == dataset.fragments().len() as u64
+                && dataset.fragments().iter().all(|f| bitmap.contains(f.id as u32))
+        });
+        if !covered {
+            return Ok(None);
+        }
+        let metrics = lance_index::metrics::NoOpMetricsCollector;
+        let index = dataset.open_vector_index(&q.column, &segment.uuid, &metrics).await.map_err(lance_error)?;
+        if index.metric_type() != q.metric {
+            return Ok(None);
+        }
+        let mut vector = q.vector.clone();
+        if q.metric == DistanceType::Cosine {
+            // A cosine index holds unit vectors; the planner normalises the query the same way
+            // (a zero query is left to it).
+            let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm == 0.0 {
+                return Ok(None);
+            }
+            vector.iter_mut().for_each(|v| *v /= norm);
+        }
+        let key: arrow_array::ArrayRef = Arc::new(Float32Array::from(vector));
+        let mut query = Query {
+            column: q.column.clone(),
+            key,
+            k: q.k,
+            lower_bound: None,
+            upper_bound: None,
+            minimum_nprobes: nprobes,
+            maximum_nprobes: Some(nprobes),
+            search_effort: 0.5,
+            ef: q.ef,
+            refine_factor: None,
+            metric_type: Some(q.metric),
+            use_index: true,
+            query_parallelism: DEFAULT_QUERY_PARALLELISM,
+            dist_q_c: 0.0,
+            approx_mode: Default::default(),
+        };
+        let (partitions, centroid_distances) = index.find_partitions(&query).map_err(lance_error)?;
+        let no_filter: Arc<dyn PreFilter> = Arc::new(NoFilter);
+        let mut found: Vec<(f32, u64)> = Vec::new();
+        for i in 0..partitions.len().min(nprobes) {
+            query.dist_q_c = centroid_distances.value(i);
+            let batch = index
+                .search_in_partition(partitions.value(i) as usize, &query, no_filter.clone(), &metrics)
+                .await
+                .map_err(lance_error)?;
+            let d = batch.column_by_name("_distance").ok_or_else(|| Error::internal("ANN partition result has no _distance"))?;
+            let d = arrow::compute::cast(d, &arrow_schema::DataType::Float32)?;
+            let d = d.as_primitive::<arrow_array::types::Float32Type>();
+            found.extend(d.values().iter().copied().zip(super::row_ids(&batch)?.iter().copied()));
+        }
+        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        found.truncate(q.k);
+        Ok(Some(found.into_iter().map(|(d, id)| (id, d)).unzip()))
+    }
+
+    async fn ann_search_planned(&self, dataset: &Dataset, q: &AnnQuery) -> Result<(Vec<u64>, Vec<f32>)> {
         let mut scanner = dataset.scan();
         scanner.with_row_id();
         scanner.project(&["_distance"]).map_err(lance_error)?;
@@ -140,12 +225,20 @@ impl Store {
 
     /// Whether `column` has a vector index.
     pub async fn has_vector_index(&self, dataset: &Dataset, column: &str) -> Result<bool> {
-        let schema = dataset.schema();
-        let Some(field) = schema.field(column) else { return Ok(false) };
+        Ok(!self.vector_index_segments(dataset, column).await?.is_empty())
+    }
+
+    /// The vector index segments on `column` (one per build or delta).
+    async fn vector_index_segments(&self, dataset: &Dataset, column: &str) -> Result<Vec<IndexMetadata>> {
+        let Some(field) = dataset.schema().field(column) else { return Ok(Vec::new()) };
         let indexes = dataset.load_indices().await.map_err(lance_error)?;
-        Ok(indexes.iter().any(|i| {
-            i.fields.first() == Some(&field.id)
-                && i.index_details.as_ref().is_some_and(|d| d.type_url.ends_with("VectorIndexDetails"))
-        }))
+        Ok(indexes
+            .iter()
+            .filter(|i| {
+                i.fields.first() == Some(&field.id)
+                    && i.index_details.as_ref().is_some_and(|d| d.type_url.ends_with("VectorIndexDetails"))
+            })
+            .cloned()
+            .collect())
     }
 }
