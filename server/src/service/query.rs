@@ -279,7 +279,9 @@ impl TableService {
 
     /// Runs a scan or a search.
     pub async fn query(&self, q: &Query) -> Result<QueryOutput> {
+        let planning = std::time::Instant::now();
         let plan = self.plan(q, true).await?;
+        let plan_time = planning.elapsed();
         match plan.search {
             None => {
                 let spec = ScanSpec { filter: q.filter.clone(), columns: Some(plan.columns.clone()), limit: q.limit, with_row_id: false };
@@ -324,6 +326,7 @@ impl TableService {
                     table = %q.table,
                     path = path.as_str(),
                     queries = search.queries.len(),
+                    plan_ms = plan_time.as_secs_f64() * 1e3,
                     rank_ms = rank_time.as_secs_f64() * 1e3,
                     fetch_ms = (started.elapsed() - rank_time).as_secs_f64() * 1e3,
                     "search answered"

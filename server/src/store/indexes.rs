@@ -154,6 +154,7 @@ impl Store {
             dist_q_c: 0.0,
             approx_mode: Default::default(),
         };
+        let opened = std::time::Instant::now();
         let (partitions, centroid_distances) = index.find_partitions(&query).map_err(lance_error)?;
         let no_filter: Arc<dyn PreFilter> = Arc::new(NoFilter);
         let mut found: Vec<(f32, u64)> = Vec::new();
@@ -170,6 +171,7 @@ impl Store {
         }
         found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         found.truncate(q.k);
+        tracing::trace!(probe_ms = opened.elapsed().as_secs_f64() * 1e3, "ANN partitions probed");
         Ok(Some(found.into_iter().map(|(d, id)| (id, d)).unzip()))
     }
 
