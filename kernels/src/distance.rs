@@ -58,16 +58,22 @@ impl PreparedQuery {
     }
 }
 
+/// Runtime dispatch: AVX-512 (16 f32 lanes), else AVX2 + FMA (8 lanes), else portable code
+/// the compiler vectorises for the build target (8 accumulators, no FMA).
 macro_rules! dispatch {
-    ($generic:ident, $avx2:ident, $($arg:expr),*) => {{
+    ($generic:ident, $avx512:ident, $avx2:ident, $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
         {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features $avx512 is compiled for.
+                return unsafe { $avx512($($arg),*) };
+            }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports the features $avx2 is compiled for.
                 return unsafe { $avx2($($arg),*) };
             }
         }
-        $generic::<false>($($arg),*)
+        $generic::<false, 8>($($arg),*)
     }};
 }
 
@@ -85,25 +91,23 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// q · x
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dispatch!(dot_generic, dot_avx2, a, b)
+    dispatch!(dot_generic, dot_avx512, dot_avx2, a, b)
 }
 
 /// Σ (a − b)²
 #[inline]
 pub fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
-    dispatch!(l2_generic, l2_avx2, a, b)
+    dispatch!(l2_generic, l2_avx512, l2_avx2, a, b)
 }
 
 /// (q · x, x · x) in one pass over x.
 #[inline]
 fn dot_and_norm(q: &[f32], x: &[f32]) -> (f32, f32) {
-    dispatch!(dot_norm_generic, dot_norm_avx2, q, x)
+    dispatch!(dot_norm_generic, dot_norm_avx512, dot_norm_avx2, q, x)
 }
 
-const LANES: usize = 8;
-
 #[inline(always)]
-fn dot_generic<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot_generic<const FMA: bool, const LANES: usize>(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -117,7 +121,7 @@ fn dot_generic<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn l2_generic<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn l2_generic<const FMA: bool, const LANES: usize>(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -132,7 +136,7 @@ fn l2_generic<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dot_norm_generic<const FMA: bool>(q: &[f32], x: &[f32]) -> (f32, f32) {
+fn dot_norm_generic<const FMA: bool, const LANES: usize>(q: &[f32], x: &[f32]) -> (f32, f32) {
     debug_assert_eq!(q.len(), x.len());
     let mut qx = [0f32; LANES];
     let mut xx = [0f32; LANES];
@@ -151,20 +155,66 @@ fn dot_norm_generic<const FMA: bool>(q: &[f32], x: &[f32]) -> (f32, f32) {
     (qx.iter().sum::<f32>() + tqx, xx.iter().sum::<f32>() + txx)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_generic::<true>(a, b)
+/// One instantiation of a generic kernel per instruction set (the body is the same code,
+/// compiled with the features enabled so the accumulators become vector registers).
+macro_rules! simd_kernels {
+    ($($name:ident = $generic:ident::<$lanes:literal>, $features:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {$(
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name($($arg: $ty),*) -> $ret {
+            $generic::<true, $lanes>($($arg),*)
+        }
+    )*};
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn l2_avx2(a: &[f32], b: &[f32]) -> f32 {
-    l2_generic::<true>(a, b)
+simd_kernels! {
+    dot_avx2 = dot_generic::<8>, "avx2,fma", (a: &[f32], b: &[f32]) -> f32;
+    l2_avx2 = l2_generic::<8>, "avx2,fma", (a: &[f32], b: &[f32]) -> f32;
+    dot_norm_avx2 = dot_norm_generic::<8>, "avx2,fma", (q: &[f32], x: &[f32]) -> (f32, f32);
+    dot_avx512 = dot_generic::<16>, "avx512f,fma", (a: &[f32], b: &[f32]) -> f32;
+    l2_avx512 = l2_generic::<16>, "avx512f,fma", (a: &[f32], b: &[f32]) -> f32;
+    dot_norm_avx512 = dot_norm_generic::<16>, "avx512f,fma", (q: &[f32], x: &[f32]) -> (f32, f32);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_norm_avx2(q: &[f32], x: &[f32]) -> (f32, f32) {
-    dot_norm_generic::<true>(q, x)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tier this CPU has (portable, AVX2, AVX-512) against float64, on lengths that
+    /// leave tails of every size.
+    #[test]
+    fn every_instruction_set_tier_matches_float64() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for len in [0, 1, 7, 8, 15, 16, 17, 33, 384, 385] {
+            let a: Vec<f32> = (0..len).map(|_| next()).collect();
+            let b: Vec<f32> = (0..len).map(|_| next()).collect();
+            let dot64: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let l264: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+            let nn64: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+            let close = |got: f32, want: f64| (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0);
+            let mut tiers: Vec<(&str, f32, f32, (f32, f32))> =
+                vec![("portable", dot_generic::<false, 8>(&a, &b), l2_generic::<false, 8>(&a, &b), dot_norm_generic::<false, 8>(&a, &b))];
+            #[cfg(target_arch = "x86_64")]
+            {
+                let fma = std::is_x86_feature_detected!("fma");
+                if fma && std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the features (checked just above).
+                    unsafe { tiers.push(("avx2", dot_avx2(&a, &b), l2_avx2(&a, &b), dot_norm_avx2(&a, &b))) };
+                }
+                if fma && std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features (checked just above).
+                    unsafe { tiers.push(("avx512", dot_avx512(&a, &b), l2_avx512(&a, &b), dot_norm_avx512(&a, &b))) };
+                }
+            }
+            for (tier, dot, l2, (qx, xx)) in tiers {
+                assert!(close(dot, dot64) && close(qx, dot64), "{tier} dot, len {len}: {dot} / {qx} vs {dot64}");
+                assert!(close(l2, l264), "{tier} l2, len {len}: {l2} vs {l264}");
+                assert!(close(xx, nn64), "{tier} norm, len {len}: {xx} vs {nn64}");
+            }
+        }
+    }
 }
