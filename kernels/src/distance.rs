@@ -58,22 +58,56 @@ impl PreparedQuery {
     }
 }
 
-/// Runtime dispatch: AVX-512 (16 f32 lanes), else AVX2 + FMA (8 lanes), else portable code
-/// the compiler vectorises for the build target (8 accumulators, no FMA).
+/// The instruction set the distance kernels use, chosen once per process.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SimdTier {
+    /// Portable code the compiler vectorises for the build target (8 accumulators, no FMA).
+    Portable,
+    /// AVX2 + FMA, 8 f32 lanes.
+    Avx2,
+    /// AVX-512F + FMA, 16 f32 lanes.
+    Avx512,
+}
+
+/// The best tier this CPU has, unless `HYPRSTREAM_SIMD` (`portable`, `avx2`, `avx512`) asks
+/// for a lower one (for benchmarks: a tier the CPU lacks is never used).
+pub fn simd_tier() -> SimdTier {
+    static TIER: std::sync::OnceLock<SimdTier> = std::sync::OnceLock::new();
+    *TIER.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let best = {
+            let fma = std::is_x86_feature_detected!("fma");
+            if fma && std::is_x86_feature_detected!("avx512f") {
+                SimdTier::Avx512
+            } else if fma && std::is_x86_feature_detected!("avx2") {
+                SimdTier::Avx2
+            } else {
+                SimdTier::Portable
+            }
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let best = SimdTier::Portable;
+        let asked = match std::env::var("HYPRSTREAM_SIMD").as_deref() {
+            Ok("portable") => SimdTier::Portable,
+            Ok("avx2") => SimdTier::Avx2,
+            _ => SimdTier::Avx512,
+        };
+        // Tiers are ordered by what they need: never above what the CPU has.
+        let rank = |t: SimdTier| t as u8;
+        if rank(asked) < rank(best) { asked } else { best }
+    })
+}
+
 macro_rules! dispatch {
     ($generic:ident, $avx512:ident, $avx2:ident, $($arg:expr),*) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features $avx512 is compiled for.
-                return unsafe { $avx512($($arg),*) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features $avx2 is compiled for.
-                return unsafe { $avx2($($arg),*) };
-            }
+        match simd_tier() {
+            // SAFETY: simd_tier() only names tiers whose features the CPU has.
+            #[cfg(target_arch = "x86_64")]
+            SimdTier::Avx512 => unsafe { $avx512($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            SimdTier::Avx2 => unsafe { $avx2($($arg),*) },
+            _ => $generic::<false, 8>($($arg),*),
         }
-        $generic::<false, 8>($($arg),*)
     }};
 }
 
