@@ -106,11 +106,12 @@ impl FlatIndex {
 
     /// Adds (or replaces) a segment. `vectors` is `ids.len() × dim`, row-major; `valid[i]`
     /// false marks a row without a vector (stored nowhere, never returned).
-    pub fn insert_segment(&mut self, segment: u32, ids: Vec<u64>, mut vectors: Vec<f32>, valid: Option<Vec<bool>>) {
+    pub fn insert_segment(&mut self, segment: u32, ids: Vec<u64>, vectors: Vec<f32>, valid: Option<Vec<bool>>) {
         assert_eq!(vectors.len(), ids.len() * self.dim, "vectors must be ids.len() × dim");
         debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascending");
         let live = valid.unwrap_or_else(|| vec![true; ids.len()]);
         assert_eq!(live.len(), ids.len());
+        let mut vectors = huge_page_copy(vectors);
         if self.dim > 0 && self.metric == Metric::Cosine {
             for row in vectors.chunks_exact_mut(self.dim) {
                 let norm = dot(row, row).sqrt();
@@ -264,6 +265,35 @@ impl FlatIndex {
             })
             .collect()
     }
+}
+
+/// Segments at least this large are moved into memory advised for transparent huge pages.
+const HUGE_PAGE_MIN_BYTES: usize = 8 << 20;
+
+/// `v` in a buffer the kernel is asked to back with 2 MiB pages (Linux, `madvise`): a search
+/// streams every row, and 4 KiB pages cost a TLB miss every 4 KiB. A hint only: where the
+/// kernel has none to give, or `HYPRSTREAM_HUGEPAGES=0`, the buffer is ordinary memory.
+fn huge_page_copy(v: Vec<f32>) -> Vec<f32> {
+    #[cfg(target_os = "linux")]
+    {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let enabled = *ENABLED.get_or_init(|| std::env::var("HYPRSTREAM_HUGEPAGES").as_deref() != Ok("0"));
+        let bytes = v.len() * std::mem::size_of::<f32>();
+        if enabled && bytes >= HUGE_PAGE_MIN_BYTES {
+            const HUGE: usize = 2 << 20;
+            let mut out: Vec<f32> = Vec::with_capacity(v.len());
+            let start = out.as_ptr() as usize;
+            let (first, last) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+            if last > first {
+                // SAFETY: [first, last) lies inside `out`'s allocation (not yet touched, so the
+                // advice applies as its pages are first written); madvise only sets a hint.
+                unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_HUGEPAGE) };
+            }
+            out.extend_from_slice(&v);
+            return out;
+        }
+    }
+    v
 }
 
 fn merge(tops: Vec<TopK>, k: usize) -> Vec<Neighbor> {
