@@ -305,3 +305,16 @@ fn merge(tops: Vec<TopK>, k: usize) -> Vec<Neighbor> {
     }
     merged.into_sorted()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_page_copies_keep_every_value() {
+        for len in [10, HUGE_PAGE_MIN_BYTES / 4 + 12_345] {
+            let v: Vec<f32> = (0..len).map(|i| i as f32 * 0.5).collect();
+            assert_eq!(huge_page_copy(v.clone()), v);
+        }
+    }
+}
