@@ -438,7 +438,8 @@ impl TableService {
             ranked.hits.iter().enumerate().flat_map(|(q, hits)| hits.iter().map(move |h| (q as u32, h))).collect();
         let mut columns: Vec<ArrayRef> = if plan.columns.is_empty() || hits.is_empty() {
             plan.schema.fields().iter().take(plan.columns.len()).map(|f| arrow::array::new_empty_array(f.data_type())).collect()
-        } else if let Some(ids) = ranked.ids.filter(|_| plan.columns.iter().all(|c| c == ID)) {
+        } else if let Some(ids) = ranked.ids {
+            // Only set when `id` is the one column asked for.
             plan.columns.iter().map(|_| ids.clone()).collect()
         } else {
             // A row can answer several queries of a batch: read each once.
