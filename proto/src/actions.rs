@@ -53,7 +53,7 @@ pub const ACTIONS: &[ActionSpec] = &[
     },
     ActionSpec {
         name: "create_index",
-        description: "Build an index through Lance (streams progress): ivf_pq, ivf_hnsw_sq, ivf_flat on embedding; btree, bitmap on a scalar column.",
+        description: "Build an index through Lance (streams progress): ivf_pq, ivf_hnsw_sq, ivf_hnsw_flat, ivf_flat on embedding; btree, bitmap on a scalar column.",
         example: r#"{"table": "sherlock_data", "type": "ivf_hnsw_sq", "num_partitions": 16}"#,
     },
     ActionSpec {
@@ -200,6 +200,9 @@ pub struct NoArgs {}
 pub enum IndexKind {
     IvfPq,
     IvfHnswSq,
+    /// HNSW over the full-precision vectors (no quantisation: more memory, recall like
+    /// hnswlib's at the same `ef`).
+    IvfHnswFlat,
     IvfFlat,
     Btree,
     Bitmap,
@@ -207,7 +210,11 @@ pub enum IndexKind {
 
 impl IndexKind {
     pub fn is_vector(self) -> bool {
-        matches!(self, IndexKind::IvfPq | IndexKind::IvfHnswSq | IndexKind::IvfFlat)
+        matches!(self, IndexKind::IvfPq | IndexKind::IvfHnswSq | IndexKind::IvfHnswFlat | IndexKind::IvfFlat)
+    }
+
+    pub fn is_hnsw(self) -> bool {
+        matches!(self, IndexKind::IvfHnswSq | IndexKind::IvfHnswFlat)
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod actions;
 pub mod query;
 pub mod results;
+pub mod vector;
 
 pub use actions::{ActionSpec, ACTIONS};
 pub use query::{Metric, PutCommand, PutMode, Query};

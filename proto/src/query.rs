@@ -49,16 +49,17 @@ pub struct Query {
     /// Read this table version instead of the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
-    /// Search: the query vector (length = the table's dim, finite values).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Search: the query vector (length = the table's dim, finite values): an array of
+    /// numbers or a base64 string of little-endian float32 bytes (see [`crate::vector`]).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::vector::deserialize_opt")]
     pub vector: Option<Vec<f32>>,
     /// Search by text: embedded by the table's `embedding_model` (instead of `vector`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// Batched search: many query vectors answered in one pass over the rows. The result
     /// carries a `_query` column (the query's position in this list), rows grouped by query,
-    /// nearest first within each.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// nearest first within each. Each entry in either form of `vector`.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::vector::deserialize_opt_many")]
     pub vectors: Option<Vec<Vec<f32>>>,
     /// Batched search by text (embedded in one call), like `vectors`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -35,6 +35,14 @@ async fn bad_queries_are_invalid_argument_or_not_found() {
     assert_status(client.search("t", vec![1.0; DIM + 1], 3).await, Code::InvalidArgument, "dim 4");
     // 1e39 overflows f32: a non-finite value.
     assert_status(raw_ticket(&mut client, r#"{"table": "t", "vector": [1e39, 0, 0, 0]}"#).await, Code::InvalidArgument, "finite");
+    // Base64 vectors: not base64, bytes that are not whole float32s, the wrong length, NaN.
+    use hyprstream_client::proto::vector::encode_base64;
+    assert_status(raw_ticket(&mut client, r#"{"table": "t", "vector": "not base64!"}"#).await, Code::InvalidArgument, "base64 of little-endian float32");
+    assert_status(raw_ticket(&mut client, r#"{"table": "t", "vector": "AAAAAAA="}"#).await, Code::InvalidArgument, "5 bytes, not a whole number of float32");
+    let short = format!(r#"{{"table": "t", "vector": "{}"}}"#, encode_base64(&[1.0; DIM - 1]));
+    assert_status(raw_ticket(&mut client, short).await, Code::InvalidArgument, "dim 4");
+    let nan = format!(r#"{{"table": "t", "vectors": [[1, 0, 0, 0], "{}"]}}"#, encode_base64(&[0.0, f32::NAN, 0.0, 0.0]));
+    assert_status(raw_ticket(&mut client, nan).await, Code::InvalidArgument, "vectors[1][1] is not finite");
     assert_status(
         client.query(&Query { filter: Some("id ==== 3".into()), ..Query::scan("t") }).await,
         Code::InvalidArgument,

@@ -144,6 +144,27 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
     assert_eq!(string_column(&top, "id")[0], "h-7");
     assert!(distances(&top)[0].abs() < 1e-4);
     assert_direct_equals_planned(&mut client, "ivf_pq").await;
+
+    // IVF_HNSW_FLAT: the graph over the float32 vectors, so its distances are exact ones.
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_hnsw_flat", "num_partitions": 4, "m": 12, "ef_construction": 100})).await;
+    let described = client.describe_table("t").await.unwrap();
+    assert_eq!(described.indexes.iter().map(|i| i.index_type.as_str()).collect::<Vec<_>>(), vec!["IVF_HNSW_FLAT"]);
+    let mut found = 0;
+    for _ in 0..queries {
+        let q = random_vector(DIM);
+        let exact = client.search("t", q.clone(), 10).await.unwrap();
+        let approx = client.query(&Query { nprobes: Some(4), ef: Some(200), ..ann("t", q, 10) }).await.unwrap();
+        let exact_ids = string_column(&exact, "id");
+        for (id, d) in string_column(&approx, "id").iter().zip(distances(&approx)) {
+            if let Some(at) = exact_ids.iter().position(|e| e == id) {
+                found += 1;
+                assert!((d - distances(&exact)[at]).abs() < 1e-4, "{id}: {d} vs exact {}", distances(&exact)[at]);
+            }
+        }
+    }
+    let recall = found as f64 / (10 * queries) as f64;
+    assert!(recall >= 0.9, "IVF_HNSW_FLAT recall@10 {recall}");
+    assert_direct_equals_planned(&mut client, "ivf_hnsw_flat").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,6 +194,7 @@ async fn bad_index_requests_are_refused() {
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "btree"}))).await, Code::InvalidArgument, "needs \"column\"");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "annoy"}))).await, Code::InvalidArgument, "unknown variant");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "column": "data_type"}))).await, Code::InvalidArgument, "fixed_size_list");
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "m": 8}))).await, Code::InvalidArgument, "apply to ivf_hnsw_sq and ivf_hnsw_flat only");
     assert_status(client.query(&Query { nprobes: Some(3), ..Query::search("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "\"exact\": false");
     assert_eq!(client.describe_table("small").await.unwrap().version, before);
     // exact: false on a table without a vector index is answered exactly.

@@ -191,3 +191,33 @@ async fn a_put_of_tens_of_megabytes_is_one_commit() {
     let found = client.search("big", q, 1).await.unwrap();
     assert_eq!(string_column(&found, "id"), vec!["big-123"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn base64_vectors_answer_exactly_like_arrays() {
+    use hyprstream_client::proto::vector::encode_base64;
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("b", 200, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    let (q1, q2) = (random_vector(DIM), random_vector(DIM));
+
+    let array = client.search("t", q1.clone(), 7).await.unwrap();
+    let ticket = serde_json::json!({"table": "t", "vector": encode_base64(&q1), "k": 7}).to_string();
+    let binary = client.query_ticket(ticket).await.unwrap();
+    assert_eq!(string_column(&binary, "id"), string_column(&array, "id"));
+    assert_eq!(distances(&binary), distances(&array), "the same f32 values, bit for bit");
+
+    // A batch may mix both forms.
+    let batch_array = client.query(&Query::search_batch("t", vec![q1.clone(), q2.clone()], 5)).await.unwrap();
+    let ticket = serde_json::json!({"table": "t", "vectors": [encode_base64(&q1), q2], "k": 5}).to_string();
+    let batch_mixed = client.query_ticket(ticket).await.unwrap();
+    assert_eq!(string_column(&batch_mixed, "id"), string_column(&batch_array, "id"));
+    assert_eq!(query_column(&batch_mixed), query_column(&batch_array));
+    assert_eq!(distances(&batch_mixed), distances(&batch_array));
+
+    // The `search` action takes the same body.
+    let body = serde_json::json!({"table": "t", "vector": encode_base64(&q1), "k": 7}).to_string();
+    let hits = client.action_raw("search", body).await.unwrap();
+    let hits: Vec<serde_json::Value> = serde_json::from_slice(&hits[0]).unwrap();
+    assert_eq!(hits.iter().map(|h| h["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), string_column(&array, "id"));
+}

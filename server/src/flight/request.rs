@@ -31,9 +31,16 @@ struct EmbedTicket {
     embed: Embed,
 }
 
+/// Only whether a ticket has an `embed` key; everything else is skipped unparsed (a search
+/// ticket's vector is decoded once, by the typed parse).
+#[derive(serde::Deserialize)]
+struct TicketKind {
+    embed: Option<serde::de::IgnoredAny>,
+}
+
 pub fn parse_ticket(bytes: &[u8]) -> Result<TicketRequest> {
-    let value: serde_json::Value = parse_json("ticket", bytes)?;
-    if value.get("embed").is_some() {
+    let kind: TicketKind = parse_json("ticket", bytes)?;
+    if kind.embed.is_some() {
         Ok(TicketRequest::Embed(parse_json::<EmbedTicket>("embed ticket", bytes)?.embed))
     } else {
         parse_query("ticket", bytes).map(TicketRequest::Query)

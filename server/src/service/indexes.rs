@@ -81,11 +81,12 @@ impl TableService {
                     }
                     IndexSpec::IvfPq { partitions, sub_vectors, metric }
                 }
-                _ => IndexSpec::IvfHnswSq {
+                _ => IndexSpec::IvfHnsw {
                     partitions,
                     m: req.m.unwrap_or(20),
                     ef_construction: req.ef_construction.unwrap_or(150),
                     metric,
+                    quantized: req.kind == IndexKind::IvfHnswSq,
                 },
             }
         } else if req.kind == IndexKind::Btree {
@@ -96,8 +97,8 @@ impl TableService {
         if req.num_sub_vectors.is_some() && req.kind != IndexKind::IvfPq {
             return Err(Error::invalid("num_sub_vectors applies to ivf_pq only"));
         }
-        if (req.m.is_some() || req.ef_construction.is_some()) && req.kind != IndexKind::IvfHnswSq {
-            return Err(Error::invalid("m and ef_construction apply to ivf_hnsw_sq only"));
+        if (req.m.is_some() || req.ef_construction.is_some()) && !req.kind.is_hnsw() {
+            return Err(Error::invalid("m and ef_construction apply to ivf_hnsw_sq and ivf_hnsw_flat only"));
         }
         tracing::info!(table = %req.table, column = %column, kind = ?req.kind, rows, "building index");
         let dataset = self.store().create_index(&req.table, dataset, &column, req.name.clone(), &spec).await?;

@@ -60,6 +60,9 @@ pub struct Store {
     /// through this store and refreshes its entry, so a read of the latest version needs no
     /// trip to the manifest (that trip was most of a small query's latency).
     latest: std::sync::Mutex<std::collections::HashMap<String, Dataset>>,
+    /// Per (dataset, column): the version last checked and, where its ANN search can skip
+    /// Lance's planner, the opened vector index (see `indexes::direct_index`).
+    direct_indexes: std::sync::Mutex<std::collections::HashMap<(String, String), ((u64, u128), Option<Arc<dyn lance_index::vector::VectorIndex>>)>>,
 }
 
 impl Store {
@@ -68,7 +71,7 @@ impl Store {
         std::fs::create_dir_all(&root).map_err(|e| {
             Error::internal(format!("cannot create data directory {}: {e}", root.display()))
         })?;
-        Ok(Store { root, session: Arc::new(Session::default()), latest: Default::default() })
+        Ok(Store { root, session: Arc::new(Session::default()), latest: Default::default(), direct_indexes: Default::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -114,6 +117,8 @@ impl Store {
 
     fn forget(&self, table: &str) {
         self.latest.lock().expect("dataset cache poisoned").remove(table);
+        let uri = self.uri(table);
+        self.direct_indexes.lock().expect("index cache poisoned").retain(|(at, _), _| *at != uri);
     }
 
     /// Opens the latest version, or `version` when given.
@@ -258,24 +263,27 @@ impl Store {
     }
 
     pub async fn indexes(&self, dataset: &Dataset) -> Result<Vec<IndexEntry>> {
+        use lance::index::DatasetIndexInternalExt;
         let indexes = dataset.load_indices().await.map_err(lance_error)?;
         let schema = dataset.schema();
-        Ok(indexes
-            .iter()
-            .map(|index| IndexEntry {
-                name: index.name.clone(),
-                columns: index
-                    .fields
-                    .iter()
-                    .filter_map(|id| schema.field_by_id(*id).map(|f| f.name.clone()))
-                    .collect(),
-                index_type: index
-                    .index_details
-                    .as_ref()
-                    .map(|d| d.type_url.rsplit('.').next().unwrap_or_default().to_string())
-                    .unwrap_or_default(),
-            })
-            .collect())
+        let mut entries = Vec::with_capacity(indexes.len());
+        for index in indexes.iter() {
+            let columns: Vec<String> =
+                index.fields.iter().filter_map(|id| schema.field_by_id(*id).map(|f| f.name.clone())).collect();
+            let details = index.index_details.as_ref().map(|d| d.type_url.rsplit('.').next().unwrap_or_default());
+            let index_type = match (details, columns.first()) {
+                // Every vector index has the same details message; the opened index knows
+                // its kind (IVF_PQ, IVF_HNSW_SQ, …).
+                (Some("VectorIndexDetails"), Some(column)) => {
+                    let metrics = lance_index::metrics::NoOpMetricsCollector;
+                    let opened = dataset.open_vector_index(column, &index.uuid, &metrics).await.map_err(lance_error)?;
+                    opened.index_type().to_string()
+                }
+                (details, _) => details.unwrap_or_default().to_string(),
+            };
+            entries.push(IndexEntry { name: index.name.clone(), columns, index_type });
+        }
+        Ok(entries)
     }
 
     /// Streams the rows of `dataset` that `spec` selects. Errors in the filter or column
