@@ -129,7 +129,7 @@ def test_errors_map_to_pyarrow_exceptions(server):
         get(c, {"table": "t", "vector": [1.0, 2.0]})
     with pytest.raises(pa.ArrowInvalid, match="unknown field `vectr`"):
         get(c, {"table": "t", "vectr": [1.0]})
-    with pytest.raises(pa.ArrowInvalid, match="expected a sequence"):  # "vectors" is a list of lists
+    with pytest.raises(pa.ArrowInvalid, match="expected a vector: an array of numbers or a base64 string"):  # "vectors" is a list of vectors
         get(c, {"table": "t", "vectors": [1.0]})
     bad = table.set_column(2, "data_type", pa.array(["text", "text", "audio", "text", "text"]))
     with pytest.raises(pa.ArrowInvalid, match="'text' or 'image'"):

@@ -165,6 +165,20 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
     let recall = found as f64 / (10 * queries) as f64;
     assert!(recall >= 0.9, "IVF_HNSW_FLAT recall@10 {recall}");
     assert_direct_equals_planned(&mut client, "ivf_hnsw_flat").await;
+
+    // By default an HNSW index is one graph (Lance's layout up to 2^20 rows); with one
+    // partition a search without `nprobes` answers exactly like the planner's.
+    let done = create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_hnsw_flat"})).await;
+    assert_eq!(done.last().unwrap().stage, "done");
+    for _ in 0..3 {
+        let direct = Query { ef: Some(100), ..ann("t", random_vector(DIM), 10) };
+        let planned = Query { filter: Some("id IS NOT NULL".into()), ..direct.clone() };
+        let (d, p) = (client.query(&direct).await.unwrap(), client.query(&planned).await.unwrap());
+        assert_eq!(string_column(&d, "id"), string_column(&p, "id"));
+        for (a, b) in distances(&d).iter().zip(distances(&p)) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -55,7 +55,7 @@ impl TableService {
                     )))
                 }
             };
-            let partitions = req.num_partitions.unwrap_or_else(|| ((rows as f64).sqrt() as usize).clamp(1, 4096));
+            let partitions = req.num_partitions.unwrap_or_else(|| default_partitions(req.kind, rows));
             if partitions == 0 || partitions > MAX_PARTITIONS {
                 return Err(Error::invalid(format!("num_partitions must be between 1 and {MAX_PARTITIONS}")));
             }
@@ -127,5 +127,17 @@ impl TableService {
             fragments_added: done.fragments_added,
             version: done.dataset.version().version,
         })
+    }
+}
+
+/// IVF partitions when the request names none. IVF_FLAT and IVF_PQ scan whole partitions, so
+/// ≈ √rows keeps each probe small; an HNSW partition is a graph searched in ≈ log time, and
+/// each probed partition is one more graph search, so HNSW kinds take Lance's own layout of
+/// one partition per 2^20 rows.
+fn default_partitions(kind: IndexKind, rows: usize) -> usize {
+    if kind.is_hnsw() {
+        (rows >> 20).max(1)
+    } else {
+        ((rows as f64).sqrt() as usize).clamp(1, 4096)
     }
 }

@@ -107,10 +107,9 @@ impl Store {
     /// exactly as the planner's ANN nodes would. Only where nothing else is needed, so the
     /// answer is the planner's: one index segment covering every fragment (no unindexed
     /// rows to flat-search), no deleted rows (nothing to prefilter), no filter, no refine,
-    /// `nprobes` given (the planner's adaptive probing is not reproduced), and the index's
-    /// metric. None otherwise.
+    /// `nprobes` given or a single partition (the planner's adaptive probing is not
+    /// reproduced), and the index's metric. None otherwise.
     async fn ann_search_direct(&self, dataset: &Dataset, q: &AnnQuery) -> Result<Option<(Vec<u64>, Vec<f32>)>> {
-        let Some(nprobes) = q.nprobes else { return Ok(None) };
         if q.filter.is_some() || q.refine.is_some() {
             return Ok(None);
         }
@@ -118,6 +117,12 @@ impl Store {
         if index.metric_type() != q.metric {
             return Ok(None);
         }
+        let nprobes = match q.nprobes {
+            Some(n) => n,
+            // With one partition the planner's adaptive probing has nothing to choose.
+            None if index.total_partitions() == 1 => 1,
+            None => return Ok(None),
+        };
         let mut vector = q.vector.clone();
         if q.metric == DistanceType::Cosine {
             // A cosine index holds unit vectors; the planner normalises the query the same way
