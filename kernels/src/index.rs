@@ -155,6 +155,16 @@ impl FlatIndex {
         tasks
     }
 
+    /// The query as rows are stored (unit length for cosine) and its original norm.
+    fn prepare(&self, query: &[f32]) -> (Vec<f32>, f32) {
+        let mut q = query.to_vec();
+        let q_norm = dot(&q, &q).sqrt();
+        if self.metric == Metric::Cosine && q_norm > 0.0 {
+            q.iter_mut().for_each(|v| *v /= q_norm);
+        }
+        (q, q_norm)
+    }
+
     /// Per segment, which rows the filter admits.
     fn masks(&self, filter: Option<&RowFilter>) -> Option<BTreeMap<u32, Vec<bool>>> {
         filter.map(|f| self.segments.iter().map(|(&id, s)| (id, f.mask(&s.ids))).collect())
@@ -163,11 +173,7 @@ impl FlatIndex {
     /// The k nearest live rows (that `filter` admits) to `query`, nearest first.
     pub fn search(&self, query: &[f32], k: usize, filter: Option<&RowFilter>) -> Vec<Neighbor> {
         assert_eq!(query.len(), self.dim, "query length");
-        let mut q = query.to_vec();
-        let q_norm = dot(&q, &q).sqrt();
-        if self.metric == Metric::Cosine && q_norm > 0.0 {
-            q.iter_mut().for_each(|v| *v /= q_norm);
-        }
+        let (q, q_norm) = self.prepare(query);
         let masks = self.masks(filter);
         let dim = self.dim;
         let metric = self.metric;
@@ -181,20 +187,27 @@ impl FlatIndex {
                     if !s.live[i] || mask.is_some_and(|m| !m[i]) {
                         continue;
                     }
-                    let row = &s.data[i * dim..(i + 1) * dim];
-                    let d = match metric {
-                        Metric::Dot => -dot(&q, row),
-                        Metric::L2 => squared_l2(&q, row),
-                        Metric::Cosine => {
-                            if q_norm == 0.0 || s.sq_norms[i] == 0.0 { 1.0 } else { 1.0 - dot(&q, row) }
-                        }
-                    };
-                    top.push(d, s.ids[i]);
+                    top.push(row_distance(metric, &q, q_norm, s, i, dim), s.ids[i]);
                 }
                 top
             })
             .collect();
         merge(tops, k)
+    }
+
+    /// The k nearest of `candidates` (row ids, e.g. an ANN index's shortlist) by exact
+    /// distance, nearest first, the distances `search` would give: one distance per
+    /// candidate, no pass over the rows. None if a candidate is not a live row here.
+    pub fn rerank(&self, query: &[f32], candidates: &[u64], k: usize) -> Option<Vec<Neighbor>> {
+        assert_eq!(query.len(), self.dim, "query length");
+        let (q, q_norm) = self.prepare(query);
+        let mut top = TopK::new(k);
+        for &id in candidates {
+            let s = self.segments.values().find(|s| s.ids.first().is_some_and(|f| *f <= id) && s.ids.last().is_some_and(|l| id <= *l))?;
+            let i = s.ids.binary_search(&id).ok().filter(|&i| s.live[i])?;
+            top.push(row_distance(self.metric, &q, q_norm, s, i, self.dim), id);
+        }
+        Some(top.into_sorted())
     }
 
     /// Many queries (`queries` is Q × dim, row-major) in one pass over the rows: each block of
@@ -294,6 +307,24 @@ fn huge_page_copy(v: Vec<f32>) -> Vec<f32> {
         }
     }
     v
+}
+
+/// Distance of row `i` of `s` to the prepared query `q` (`q_norm`: its norm before
+/// normalisation), smaller is closer.
+#[inline]
+fn row_distance(metric: Metric, q: &[f32], q_norm: f32, s: &Segment, i: usize, dim: usize) -> f32 {
+    let row = &s.data[i * dim..(i + 1) * dim];
+    match metric {
+        Metric::Dot => -dot(q, row),
+        Metric::L2 => squared_l2(q, row),
+        Metric::Cosine => {
+            if q_norm == 0.0 || s.sq_norms[i] == 0.0 {
+                1.0
+            } else {
+                1.0 - dot(q, row)
+            }
+        }
+    }
 }
 
 fn merge(tops: Vec<TopK>, k: usize) -> Vec<Neighbor> {

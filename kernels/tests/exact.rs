@@ -139,6 +139,29 @@ mod flat_index {
     }
 
     #[test]
+    fn rerank_scores_only_the_candidates_like_a_filtered_search() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let dim = 24;
+            let mut index = FlatIndex::new(dim, metric);
+            let ids_a: Vec<u64> = (0..800).collect();
+            let ids_b: Vec<u64> = (0..500u64).map(|i| (3 << 32) | i).collect();
+            index.insert_segment(0, ids_a.clone(), data(800, dim), None);
+            index.insert_segment(3, ids_b.clone(), data(500, dim), None);
+            index.retain_in_segment(3, &ids_b[1..]);
+            let candidates: Vec<u64> = ids_a.iter().chain(&ids_b[1..]).copied().filter(|id| id % 7 == 2).collect();
+            let q = data(1, dim);
+            let reranked = index.rerank(&q, &candidates, 10).expect("every candidate is a live row");
+            let filtered = index.search(&q, 10, Some(&RowFilter::new(candidates.clone())));
+            let pairs = |hits: &[hyprstream_kernels::Neighbor]| hits.iter().map(|h| (h.id, h.distance.to_bits())).collect::<Vec<_>>();
+            assert_eq!(pairs(&reranked), pairs(&filtered), "{metric:?}");
+            assert_eq!(index.rerank(&q, &candidates, 1000).unwrap().len(), candidates.len());
+            // Not a row here, or a deleted one: no answer rather than a short one.
+            assert!(index.rerank(&q, &[candidates[0], 5_000], 10).is_none());
+            assert!(index.rerank(&q, &[ids_b[0]], 10).is_none());
+        }
+    }
+
+    #[test]
     fn removed_segments_are_gone() {
         let mut index = FlatIndex::new(2, Metric::L2);
         index.insert_segment(1, vec![1 << 32], vec![0.0, 0.0], None);

@@ -1,6 +1,6 @@
 //! ANN and scalar indexes built through Lance, searched with `"exact": false`.
 use hyprstream_client::proto::{IndexProgress, OptimizeSummary, Query};
-use hyprstream_client::HyprstreamClient;
+use hyprstream_client::{HyprstreamClient, Rows};
 use tonic::Code;
 
 use crate::common::*;
@@ -29,6 +29,20 @@ async fn assert_direct_equals_planned(client: &mut HyprstreamClient, kind: &str)
             assert!((a - b).abs() <= 1e-6, "{kind}: {a} vs {b}");
         }
     }
+}
+
+/// How many rows of `found` exact search also returned; each of them must carry the exact
+/// distance (within `tolerance`).
+fn shared_with_exact_distances(found: &Rows, exact: &Rows, tolerance: f32) -> usize {
+    let (exact_ids, exact_d) = (string_column(exact, "id"), distances(exact));
+    let mut shared = 0;
+    for (id, d) in string_column(found, "id").iter().zip(distances(found)) {
+        if let Some(at) = exact_ids.iter().position(|e| e == id) {
+            shared += 1;
+            assert!((d - exact_d[at]).abs() <= tolerance, "{id}: {d} vs exact {}", exact_d[at]);
+        }
+    }
+    shared
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,6 +154,18 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
 
     // IVF_PQ replaces the index; the search still answers k rows, refine re-ranks exactly.
     create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_pq", "num_partitions": 4})).await;
+    // `refine` through Lance first: the exact engine is still at the version before this index.
+    let q = random_vector(DIM);
+    let refined = Query { refine: Some(4), nprobes: Some(4), ..ann("t", q.clone(), 10) };
+    let by_lance = client.query(&refined).await.unwrap();
+    // An exact search brings the engine to this version; now refine re-ranks in memory.
+    let exact = client.search("t", q.clone(), 10).await.unwrap();
+    let in_memory = client.query(&refined).await.unwrap();
+    assert_eq!(string_column(&in_memory, "id"), string_column(&by_lance, "id"));
+    for (a, b) in distances(&in_memory).iter().zip(distances(&by_lance)) {
+        assert!((a - b).abs() <= 1e-5, "in-memory refine {a} vs Lance refine {b}");
+    }
+    assert!(shared_with_exact_distances(&in_memory, &exact, 1e-5) > 0);
     let top = client.query(&Query { refine: Some(10), nprobes: Some(4), metric: None, ..ann("t", rows[7].embedding.clone().unwrap(), 3) }).await.unwrap();
     assert_eq!(string_column(&top, "id")[0], "h-7");
     assert!(distances(&top)[0].abs() < 1e-4);
@@ -154,13 +180,7 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
         let q = random_vector(DIM);
         let exact = client.search("t", q.clone(), 10).await.unwrap();
         let approx = client.query(&Query { nprobes: Some(4), ef: Some(200), ..ann("t", q, 10) }).await.unwrap();
-        let exact_ids = string_column(&exact, "id");
-        for (id, d) in string_column(&approx, "id").iter().zip(distances(&approx)) {
-            if let Some(at) = exact_ids.iter().position(|e| e == id) {
-                found += 1;
-                assert!((d - distances(&exact)[at]).abs() < 1e-4, "{id}: {d} vs exact {}", distances(&exact)[at]);
-            }
-        }
+        found += shared_with_exact_distances(&approx, &exact, 1e-4);
     }
     let recall = found as f64 / (10 * queries) as f64;
     assert!(recall >= 0.9, "IVF_HNSW_FLAT recall@10 {recall}");
@@ -210,6 +230,10 @@ async fn bad_index_requests_are_refused() {
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "column": "data_type"}))).await, Code::InvalidArgument, "fixed_size_list");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "m": 8}))).await, Code::InvalidArgument, "apply to ivf_hnsw_sq and ivf_hnsw_flat only");
     assert_status(client.query(&Query { nprobes: Some(3), ..Query::search("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "\"exact\": false");
+    assert_status(client.query(&Query { ef: Some(5), ..ann("small", random_vector(DIM), 10) }).await, Code::InvalidArgument, "ef 5 is below the 10 candidates");
+    assert_status(client.query(&Query { ef: Some(15), refine: Some(2), ..ann("small", random_vector(DIM), 10) }).await, Code::InvalidArgument, "use ef ≥ 20");
+    assert_status(client.query(&Query { nprobes: Some(0), ..ann("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "nprobes must be at least 1");
+    assert_status(client.query(&Query { refine: Some(0), ..ann("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "refine must be at least 1");
     assert_eq!(client.describe_table("small").await.unwrap().version, before);
     // exact: false on a table without a vector index is answered exactly.
     let found = client.query(&ann("small", random_vector(DIM), 3)).await.unwrap();

@@ -20,6 +20,8 @@ use lance::dataset::Dataset;
 
 use super::{table_dim, table_metric, validate_table_name, BatchStream, TableService};
 use crate::error::{Error, Result};
+use super::engine::TableEngine;
+use tokio::sync::OwnedRwLockReadGuard;
 use crate::store::{dataset_schema, row_ids, vector_block, AnnQuery, ScanSpec};
 
 /// Largest k a search accepts.
@@ -101,6 +103,26 @@ impl SearchPath {
             SearchPath::Ann => "ann",
         }
     }
+}
+
+/// ANN knobs Lance would refuse mid-search (as an internal error) or misread.
+fn validate_ann_knobs(q: &Query, k: usize) -> Result<()> {
+    if q.nprobes == Some(0) {
+        return Err(Error::invalid("nprobes must be at least 1 (IVF partitions to probe)"));
+    }
+    if q.refine == Some(0) {
+        return Err(Error::invalid("refine must be at least 1 (it re-ranks refine × k candidates)"));
+    }
+    if let Some(ef) = q.ef {
+        // An HNSW search keeps ef candidates and must hand back k × refine of them.
+        let wanted = k * q.refine.unwrap_or(1) as usize;
+        if ef < wanted {
+            return Err(Error::invalid(format!(
+                "ef {ef} is below the {wanted} candidates this search asks of the index (k × refine): use ef ≥ {wanted}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn kernel_metric(metric: Metric) -> hyprstream_kernels::Metric {
@@ -202,6 +224,7 @@ impl TableService {
                 if ann_knobs && q.exact != Some(false) {
                     return Err(Error::invalid("\"nprobes\", \"ef\" and \"refine\" tune ANN searches: add \"exact\": false"));
                 }
+                validate_ann_knobs(q, k)?;
                 let path = if q.exact == Some(false) && self.store().has_vector_index(&dataset, EMBEDDING).await? {
                     SearchPath::Ann
                 } else if q.version.is_some() {
@@ -374,6 +397,13 @@ impl TableService {
     /// Search through a Lance vector index (approximate; unindexed rows searched exactly),
     /// one Lance query per query vector. Distances follow the contract.
     async fn search_ann(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<Hits> {
+        // `refine` re-ranks with exact distances. Where the table's exact engine already holds
+        // this version's vectors in memory, the shortlist (k × refine candidates) is re-ranked
+        // there: Lance would read each candidate's vector from disk instead.
+        let engine = match q.refine {
+            Some(_) => self.loaded_engine(&q.table, &plan.dataset, search),
+            None => None,
+        };
         // Futures built in a loop (not a closure over borrowed items: that trips the
         // higher-ranked lifetime check of tonic's Send bound).
         let mut answers = Vec::with_capacity(search.queries.len());
@@ -388,7 +418,16 @@ impl TableService {
                 ef: q.ef,
                 refine: q.refine,
             };
+            let engine = engine.as_ref();
             answers.push(async move {
+                if let (Some(engine), Some(refine)) = (engine, ann.refine) {
+                    let shortlist = AnnQuery { k: ann.k * refine as usize, refine: None, ..ann.clone() };
+                    let (candidates, _) = self.store().ann_search(&plan.dataset, &shortlist).await?;
+                    let state = engine.as_ref().expect("loaded");
+                    if let Some(hits) = state.index.rerank(query.vector(), &candidates, ann.k) {
+                        return Ok(hits);
+                    }
+                }
                 let (ids, distances) = self.store().ann_search(&plan.dataset, &ann).await?;
                 Ok::<_, Error>(
                     ids.into_iter()
@@ -400,6 +439,14 @@ impl TableService {
             });
         }
         stream::iter(answers).buffered(ANN_CONCURRENCY).try_collect().await
+    }
+
+    /// The table's exact engine for this search's metric if it is loaded and at exactly
+    /// `dataset`'s version (row ids name rows of one version); never loads or waits for one.
+    fn loaded_engine(&self, table: &str, dataset: &Dataset, search: &SearchPlan) -> Option<OwnedRwLockReadGuard<Option<TableEngine>>> {
+        let engine = self.engines.slot(table, search.kernel_metric()).try_read_owned().ok()?;
+        let usable = engine.as_ref().is_some_and(|e| e.version == dataset.version().version && e.index.dim() == search.dim());
+        usable.then_some(engine)
     }
 
     /// The row ids a filter admits (the prefilter of a search).
