@@ -28,6 +28,24 @@ struct Segment {
     live_count: usize,
 }
 
+impl Segment {
+    fn position(&self, id: u64) -> Option<usize> {
+        position_in_sorted(&self.ids, id)
+    }
+}
+
+/// Where `id` sits in `ids` (ascending). Row ids are mostly consecutive (a Lance fragment's
+/// are, until rows are deleted): look where that puts `id` first, since a binary search over
+/// a large segment costs ≈ 17 cache misses, ≈ 1 µs per lookup.
+pub fn position_in_sorted(ids: &[u64], id: u64) -> Option<usize> {
+    let first = *ids.first()?;
+    let guess = usize::try_from(id.checked_sub(first)?).ok()?;
+    if ids.get(guess) == Some(&id) {
+        return Some(guess);
+    }
+    ids.binary_search(&id).ok()
+}
+
 /// Row ids a search may return (a prefilter's result), sorted ascending.
 #[derive(Debug, Clone, Default)]
 pub struct RowFilter {
@@ -201,10 +219,17 @@ impl FlatIndex {
     pub fn rerank(&self, query: &[f32], candidates: &[u64], k: usize) -> Option<Vec<Neighbor>> {
         assert_eq!(query.len(), self.dim, "query length");
         let (q, q_norm) = self.prepare(query);
-        let mut top = TopK::new(k);
+        // Candidates are scattered rows: find them all and ask for their cache lines first, so
+        // the memory reads overlap instead of stalling one distance at a time.
+        let mut rows = Vec::with_capacity(candidates.len());
         for &id in candidates {
             let s = self.segments.values().find(|s| s.ids.first().is_some_and(|f| *f <= id) && s.ids.last().is_some_and(|l| id <= *l))?;
-            let i = s.ids.binary_search(&id).ok().filter(|&i| s.live[i])?;
+            let i = s.position(id).filter(|&i| s.live[i])?;
+            prefetch(&s.data[i * self.dim..(i + 1) * self.dim]);
+            rows.push((s, i, id));
+        }
+        let mut top = TopK::new(k);
+        for (s, i, id) in rows {
             top.push(row_distance(self.metric, &q, q_norm, s, i, self.dim), id);
         }
         Some(top.into_sorted())
@@ -312,6 +337,17 @@ fn huge_page_copy(v: Vec<f32>) -> Vec<f32> {
 /// Distance of row `i` of `s` to the prepared query `q` (`q_norm`: its norm before
 /// normalisation), smaller is closer.
 #[inline]
+/// A hint to bring `row` into cache (a no-op off x86-64).
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: prefetching only hints the cache; the address is inside `row`.
+        unsafe { std::arch::x86_64::_mm_prefetch(line.as_ptr().cast(), std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
 fn row_distance(metric: Metric, q: &[f32], q_norm: f32, s: &Segment, i: usize, dim: usize) -> f32 {
     let row = &s.data[i * dim..(i + 1) * dim];
     match metric {

@@ -13,7 +13,7 @@ mod index;
 mod topk;
 
 pub use distance::{dot, simd_tier, squared_l2, Metric, PreparedQuery, SimdTier};
-pub use index::{FlatIndex, RowFilter};
+pub use index::{position_in_sorted, FlatIndex, RowFilter};
 pub use topk::{Neighbor, TopK};
 
 /// Rows scored per thread before another thread is worth starting (≈ 256 KiB of f32 at dim 384).

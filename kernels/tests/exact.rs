@@ -148,7 +148,10 @@ mod flat_index {
             index.insert_segment(0, ids_a.clone(), data(800, dim), None);
             index.insert_segment(3, ids_b.clone(), data(500, dim), None);
             index.retain_in_segment(3, &ids_b[1..]);
-            let candidates: Vec<u64> = ids_a.iter().chain(&ids_b[1..]).copied().filter(|id| id % 7 == 2).collect();
+            // Ids with gaps (a fragment after deletions): found by search, not by offset.
+            let ids_c: Vec<u64> = (0..400u64).filter(|i| i % 3 != 0).map(|i| (5 << 32) | i).collect();
+            index.insert_segment(5, ids_c.clone(), data(ids_c.len(), dim), None);
+            let candidates: Vec<u64> = ids_a.iter().chain(&ids_b[1..]).chain(&ids_c).copied().filter(|id| id % 7 == 2).collect();
             let q = data(1, dim);
             let reranked = index.rerank(&q, &candidates, 10).expect("every candidate is a live row");
             let filtered = index.search(&q, 10, Some(&RowFilter::new(candidates.clone())));
@@ -158,6 +161,7 @@ mod flat_index {
             // Not a row here, or a deleted one: no answer rather than a short one.
             assert!(index.rerank(&q, &[candidates[0], 5_000], 10).is_none());
             assert!(index.rerank(&q, &[ids_b[0]], 10).is_none());
+            assert!(index.rerank(&q, &[(5 << 32) | 3], 10).is_none());
         }
     }
 

@@ -13,15 +13,22 @@ use crate::common::*;
 
 const MODEL: &str = "all-minilm-l6-v2";
 
+/// This crate's directory, read when the test runs (cargo sets it then too). The path baked in
+/// at compile time goes stale when a clone elsewhere reuses the shared target dir: cargo
+/// keeps the built binary, since nothing it tracks changed.
+fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    crate_dir().join("fixtures")
 }
 
 /// The model directory `make models` unpacks (HYPRSTREAM_MODELS_DIR overrides `./models`).
 fn model_dir() -> String {
     let root = std::env::var("HYPRSTREAM_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+        .unwrap_or_else(|_| crate_dir().join("../models"));
     let dir = root.join(MODEL);
     assert!(dir.join("model.safetensors").exists(), "{} missing: run `make models`", dir.display());
     dir.canonicalize().unwrap().display().to_string()

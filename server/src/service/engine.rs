@@ -80,7 +80,7 @@ impl TableEngine {
             // Lance row addresses are `fragment << 32 | offset`, and a segment is a fragment.
             let segment = (hit.id >> 32) as u32;
             let keys = self.keys.get(&segment)?;
-            let row = keys.row_ids.binary_search(&hit.id).ok()?;
+            let row = hyprstream_kernels::position_in_sorted(&keys.row_ids, hit.id)?;
             let array = *array_of.entry(segment).or_insert_with(|| {
                 arrays.push(&keys.ids);
                 arrays.len() - 1
