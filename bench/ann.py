@@ -87,6 +87,19 @@ def curve(search, queries, exact, min_ef=0):
     return points
 
 
+# Rows deleted after the index is built, to time searches over an index that still holds them.
+DELETED = 100
+AFTER_DELETE_EF = 120
+
+
+def rows_to_delete(n_rows, exact):
+    """DELETED row numbers that are in no query's exact top-k, so recall stays comparable."""
+    rng = np.random.default_rng(5)
+    keep = set(np.asarray(exact).ravel().tolist())
+    picked = [int(i) for i in rng.permutation(n_rows) if int(i) not in keep]
+    return picked[:DELETED]
+
+
 def bench_hnswlib(data, queries, exact):
     import hnswlib
 
@@ -122,9 +135,22 @@ def bench_lancedb(data, queries, exact, tmp):
     np_ = partitions(len(data))
 
     def search(q, ef):
-        return table.search(q).metric("cosine").nprobes(np_).ef(ef).limit(K).to_arrow()["id"].to_pylist()
+        # The same columns as ours answers: id and distance.
+        return table.search(q).metric("cosine").nprobes(np_).ef(ef).limit(K).select(["id", "_distance"]).to_arrow()["id"].to_pylist()
 
-    return build, curve(search, queries, exact)
+    points = curve(search, queries, exact)
+    table.delete("id IN (" + ", ".join(str(i) for i in rows_to_delete(len(data), exact)) + ")")
+    return build, points, after_delete(search, queries, exact)
+
+
+def after_delete(search, queries, exact):
+    """recall and p50 at AFTER_DELETE_EF once DELETED rows are gone (the index not rebuilt)."""
+    saved = EFS[:]
+    try:
+        EFS[:] = [AFTER_DELETE_EF]
+        return curve(search, queries, exact)[0]
+    finally:
+        EFS[:] = saved
 
 
 def bench_ours(data, queries, exact, tmp, kind, refines=(None,)):
@@ -152,7 +178,11 @@ def bench_ours(data, queries, exact, tmp, kind, refines=(None,)):
             return search
 
         curves = [curve(searcher(r), queries, exact, min_ef=K * (r or 1)) for r in refines]
-        return build, curves, flight_floor(c)
+        floor = flight_floor(c)
+        gone = "id IN (" + ", ".join(f"'{i}'" for i in rows_to_delete(len(data), exact)) + ")"
+        list(c.do_action(flight.Action("delete", json.dumps({"table": "ann", "filter": gone}).encode())))
+        deleted = [after_delete(searcher(r), queries, exact) for r in refines]
+        return build, curves, floor, deleted
     finally:
         proc.terminate()
         proc.wait(30)
@@ -183,12 +213,14 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
             sq, flat = SQ + " via Flight", FLAT + " via Flight"
+            after = {}
             results["hnswlib HNSW"] = bench_hnswlib(data, queries, exact)
-            build, (plain, refined), floor = bench_ours(data, queries, exact, tmp, "ivf_hnsw_sq", refines=(None, REFINE))
+            build, (plain, refined), floor, (after[sq], after[SQ_REFINED]) = bench_ours(data, queries, exact, tmp, "ivf_hnsw_sq", refines=(None, REFINE))
             results[sq], results[SQ_REFINED] = (build, plain), (build, refined)
-            build, (plain,), _ = bench_ours(data, queries, exact, tmp, "ivf_hnsw_flat")
+            build, (plain,), _, (after[flat],) = bench_ours(data, queries, exact, tmp, "ivf_hnsw_flat")
             results[flat] = (build, plain)
-            results["LanceDB IVF_HNSW_SQ"] = bench_lancedb(data, queries, exact, tmp)
+            build, points, after["LanceDB IVF_HNSW_SQ"] = bench_lancedb(data, queries, exact, tmp)
+            results["LanceDB IVF_HNSW_SQ"] = (build, points)
             for engine, (build, points) in results.items():
                 print(name, engine, f"build {build:.1f}s", [(p["ef"], round(p["recall"], 3), round(p["p50_ms"], 2)) for p in points], flush=True)
         lines += ["", f"### {name}: {len(data)} × {data.shape[1]}", "",
@@ -210,6 +242,11 @@ def main():
                              + f"; without the round trip {ours['p50_ms'] - floor:.2f} ms = {(ours['p50_ms'] - floor)/hnsw['p50_ms']:.2f}× hnswlib.  ")
             else:
                 lines.append(f"Recall ≥ 0.95 reached: {engine} {bool(ours)}, hnswlib {bool(hnsw)}, LanceDB {bool(lance)}.  ")
+        lines += ["", f"After deleting {DELETED} rows (none of them a true neighbour; the index is not rebuilt), ef {AFTER_DELETE_EF}:", "",
+                  "| engine | recall / p50 ms before | recall / p50 ms after |", "|---|---|---|"]
+        for engine, point in after.items():
+            was = {p["ef"]: p for p in results[engine][1]}[AFTER_DELETE_EF]
+            lines.append(f"| {engine} | {was['recall']:.3f} / {was['p50_ms']:.2f} | {point['recall']:.3f} / {point['p50_ms']:.2f} |")
     table = "\n".join(lines)
     print(table)
     out = os.path.join(REPO, "docs", "benchmarks.md")

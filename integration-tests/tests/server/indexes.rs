@@ -193,6 +193,69 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
     assert_direct_equals_planned(&mut client, "ivf_hnsw_flat, one partition", None).await;
 }
 
+/// Deleted rows stay in an index until it is rebuilt: searches must skip them and still
+/// answer k live rows, for a few deletions (the server searches past them itself) and for
+/// many (Lance's planner prefilters), with and without `refine`.
+#[tokio::test(flavor = "multi_thread")]
+async fn ann_searches_skip_deleted_rows_and_still_answer_k() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("d", 3000, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_hnsw_flat", "m": 16, "ef_construction": 200})).await;
+    let target = rows[7].embedding.clone().unwrap();
+    let before = client.query(&Query { ef: Some(100), ..ann("t", target.clone(), 10) }).await.unwrap();
+    let before = string_column(&before, "id");
+    assert_eq!(before[0], "d-7");
+    // An exact search loads the in-memory engine at this version; the deletes below put it behind.
+    client.search("t", target.clone(), 10).await.unwrap();
+
+    // The row itself, its next two neighbours and twenty rows elsewhere.
+    let mut gone: Vec<String> = before[..3].to_vec();
+    gone.extend((100..120).map(|i| format!("d-{i}")));
+    let filter = gone.iter().map(|id| format!("id = '{id}'")).collect::<Vec<_>>().join(" OR ");
+    assert_eq!(client.delete("t", &filter).await.unwrap().deleted, 23);
+
+    let check = |found: &Rows, exact: &Rows, what: &str| {
+        let ids = string_column(found, "id");
+        assert_eq!(ids.len(), 10, "{what}");
+        assert!(ids.iter().all(|id| !gone.contains(id)), "{what}: a deleted row came back: {ids:?}");
+        shared_with_exact_distances(found, exact, 1e-4)
+    };
+    let mut shared = 0;
+    let queries: Vec<Vec<f32>> = std::iter::once(target.clone()).chain((0..9).map(|_| random_vector(DIM))).collect();
+    for q in &queries {
+        let exact = client.search("t", q.clone(), 10).await.unwrap();
+        for ef in [10, 100] {
+            let found = client.query(&Query { ef: Some(ef), ..ann("t", q.clone(), 10) }).await.unwrap();
+            let n = check(&found, &exact, &format!("ef {ef}"));
+            if ef == 100 {
+                shared += n;
+            }
+        }
+        // The shortlist re-ranked by the in-memory engine, brought up to the deletes.
+        let refined = client.query(&Query { ef: Some(100), refine: Some(3), ..ann("t", q.clone(), 10) }).await.unwrap();
+        check(&refined, &exact, "refine 3");
+    }
+    assert!(shared >= 95, "recall@10 after deletes: {shared}/100");
+    let first = client.query(&Query { ef: Some(100), ..ann("t", target.clone(), 10) }).await.unwrap();
+    assert_eq!(string_column(&first, "id")[0], before[3], "the nearest live row comes first");
+
+    // Past a thousand deleted rows the planner prefilters; the answer is as good.
+    let many_gone = |id: &String| id.starts_with("d-2") || gone.contains(id);
+    let newly_gone = rows.iter().filter(|r| r.id.starts_with("d-2") && !gone.contains(&r.id)).count();
+    assert!(newly_gone > 1024);
+    assert_eq!(client.delete("t", "id >= 'd-2' AND id < 'd-3'").await.unwrap().deleted as usize, newly_gone);
+    for q in &queries[..3] {
+        let exact = client.search("t", q.clone(), 10).await.unwrap();
+        let found = client.query(&Query { ef: Some(100), ..ann("t", q.clone(), 10) }).await.unwrap();
+        let ids = string_column(&found, "id");
+        assert_eq!(ids.len(), 10);
+        assert!(ids.iter().all(|id| !many_gone(id)), "a deleted row came back: {ids:?}");
+        assert!(shared_with_exact_distances(&found, &exact, 1e-4) >= 8);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scalar_indexes_keep_filters_correct() {
     let server = Server::start();

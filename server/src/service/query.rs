@@ -401,7 +401,7 @@ impl TableService {
         // this version's vectors in memory, the shortlist (k × refine candidates) is re-ranked
         // there: Lance would read each candidate's vector from disk instead.
         let engine = match q.refine {
-            Some(_) => self.loaded_engine(&q.table, &plan.dataset, search),
+            Some(_) => self.loaded_engine(&q.table, &plan.dataset, search).await?,
             None => None,
         };
         // Futures built in a loop (not a closure over borrowed items: that trips the
@@ -441,12 +441,27 @@ impl TableService {
         stream::iter(answers).buffered(ANN_CONCURRENCY).try_collect().await
     }
 
-    /// The table's exact engine for this search's metric if it is loaded and at exactly
-    /// `dataset`'s version (row ids name rows of one version); never loads or waits for one.
-    fn loaded_engine(&self, table: &str, dataset: &Dataset, search: &SearchPlan) -> Option<OwnedRwLockReadGuard<Option<TableEngine>>> {
-        let engine = self.engines.slot(table, search.kernel_metric()).try_read_owned().ok()?;
+    /// The table's exact engine for this search's metric at exactly `dataset`'s version (row
+    /// ids name rows of one version), if it is loaded. One loaded at an older version is
+    /// brought up to date first: that reads only what changed (a put or a delete since), not
+    /// every vector, which a never-loaded engine would need (the caller refines through Lance
+    /// then).
+    async fn loaded_engine(&self, table: &str, dataset: &Dataset, search: &SearchPlan) -> Result<Option<OwnedRwLockReadGuard<Option<TableEngine>>>> {
+        let slot = self.engines.slot(table, search.kernel_metric());
+        let loaded = |e: &Option<TableEngine>| e.as_ref().is_some_and(|e| e.index.dim() == search.dim());
+        let behind = match slot.clone().try_read_owned() {
+            Ok(engine) if !loaded(&engine) => return Ok(None),
+            Ok(engine) if engine.as_ref().is_some_and(|e| e.version == dataset.version().version) => return Ok(Some(engine)),
+            Ok(engine) => engine.as_ref().is_some_and(|e| e.version < dataset.version().version),
+            // Being synced or loaded right now: not worth waiting for.
+            Err(_) => return Ok(None),
+        };
+        if !behind {
+            return Ok(None);
+        }
+        let engine = super::engine::synced(&slot, dataset, search.dim(), search.kernel_metric()).await?;
         let usable = engine.as_ref().is_some_and(|e| e.version == dataset.version().version && e.index.dim() == search.dim());
-        usable.then_some(engine)
+        Ok(usable.then_some(engine))
     }
 
     /// The row ids a filter admits (the prefilter of a search).

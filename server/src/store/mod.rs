@@ -62,7 +62,7 @@ pub struct Store {
     latest: std::sync::Mutex<std::collections::HashMap<String, Dataset>>,
     /// Per (dataset, column): the version last checked and, where its ANN search can skip
     /// Lance's planner, the opened vector index (see `indexes::direct_index`).
-    direct_indexes: std::sync::Mutex<std::collections::HashMap<(String, String), ((u64, u128), Option<Arc<dyn lance_index::vector::VectorIndex>>)>>,
+    direct_indexes: std::sync::Mutex<std::collections::HashMap<(String, String), ((u64, u128), Option<indexes::DirectIndex>)>>,
 }
 
 impl Store {
