@@ -160,9 +160,10 @@ impl FlatIndex {
     }
 
     /// Work items of at most `rows` rows: (segment id, segment, first row, row count).
-    fn tasks(&self, rows: usize) -> Vec<(u32, &Segment, usize, usize)> {
+    fn tasks(&self, rows: usize, segments: Option<&[u32]>) -> Vec<(u32, &Segment, usize, usize)> {
         let mut tasks = Vec::new();
-        for (&id, s) in self.segments.iter().filter(|(_, s)| s.live_count > 0) {
+        let wanted = |id: &u32| segments.is_none_or(|list| list.contains(id));
+        for (&id, s) in self.segments.iter().filter(|(id, s)| s.live_count > 0 && wanted(id)) {
             let mut start = 0;
             while start < s.ids.len() {
                 let n = rows.min(s.ids.len() - start);
@@ -190,17 +191,26 @@ impl FlatIndex {
 
     /// The k nearest live rows (that `filter` admits) to `query`, nearest first.
     pub fn search(&self, query: &[f32], k: usize, filter: Option<&RowFilter>) -> Vec<Neighbor> {
+        let masks = self.masks(filter);
+        self.search_tasks(query, k, self.tasks(ROWS_PER_TASK, None), masks.as_ref())
+    }
+
+    /// The k nearest live rows of the listed segments only (e.g. the rows an ANN index does
+    /// not cover yet), nearest first, with the distances `search` would give.
+    pub fn search_segments(&self, query: &[f32], k: usize, segments: &[u32]) -> Vec<Neighbor> {
+        self.search_tasks(query, k, self.tasks(ROWS_PER_TASK, Some(segments)), None)
+    }
+
+    fn search_tasks(&self, query: &[f32], k: usize, tasks: Vec<(u32, &Segment, usize, usize)>, masks: Option<&BTreeMap<u32, Vec<bool>>>) -> Vec<Neighbor> {
         assert_eq!(query.len(), self.dim, "query length");
         let (q, q_norm) = self.prepare(query);
-        let masks = self.masks(filter);
         let dim = self.dim;
         let metric = self.metric;
-        let tops: Vec<TopK> = self
-            .tasks(ROWS_PER_TASK)
+        let tops: Vec<TopK> = tasks
             .into_par_iter()
             .map(|(id, s, start, n)| {
                 let mut top = TopK::new(k);
-                let mask = masks.as_ref().map(|m| &m[&id]);
+                let mask = masks.map(|m| &m[&id]);
                 for i in start..start + n {
                     if !s.live[i] || mask.is_some_and(|m| !m[i]) {
                         continue;
@@ -252,7 +262,7 @@ impl FlatIndex {
         let masks = self.masks(filter);
         let metric = self.metric;
         let partials: Vec<Vec<TopK>> = self
-            .tasks(BATCH_BLOCK_ROWS)
+            .tasks(BATCH_BLOCK_ROWS, None)
             .into_par_iter()
             .fold(
                 || (0..nq).map(|_| TopK::new(k)).collect::<Vec<_>>(),

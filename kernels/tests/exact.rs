@@ -166,6 +166,28 @@ mod flat_index {
     }
 
     #[test]
+    fn a_search_of_some_segments_equals_a_search_filtered_to_their_rows() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let dim = 20;
+            let mut index = FlatIndex::new(dim, metric);
+            let ids = |segment: u64, n: u64| (0..n).map(move |i| (segment << 32) | i).collect::<Vec<u64>>();
+            index.insert_segment(0, ids(0, 900), data(900, dim), None);
+            index.insert_segment(2, ids(2, 300), data(300, dim), None);
+            index.insert_segment(4, ids(4, 200), data(200, dim), None);
+            index.retain_in_segment(4, &ids(4, 200)[5..]);
+            let q = data(1, dim);
+            let rows: Vec<u64> = ids(2, 300).into_iter().chain(ids(4, 200).into_iter().skip(5)).collect();
+            let pairs = |hits: &[hyprstream_kernels::Neighbor]| hits.iter().map(|h| (h.id, h.distance.to_bits())).collect::<Vec<_>>();
+            for k in [1, 10, 600] {
+                let some = index.search_segments(&q, k, &[2, 4]);
+                assert_eq!(pairs(&some), pairs(&index.search(&q, k, Some(&RowFilter::new(rows.clone())))), "{metric:?} k={k}");
+                assert_eq!(some.len(), k.min(495));
+            }
+            assert!(index.search_segments(&q, 10, &[7]).is_empty());
+        }
+    }
+
+    #[test]
     fn removed_segments_are_gone() {
         let mut index = FlatIndex::new(2, Metric::L2);
         index.insert_segment(1, vec![1 << 32], vec![0.0, 0.0], None);

@@ -1,5 +1,5 @@
 //! ANN and scalar indexes built through Lance, searched with `"exact": false`.
-use hyprstream_client::proto::{IndexProgress, OptimizeSummary, Query};
+use hyprstream_client::proto::{IndexProgress, OptimizeSummary, PutMode, Query};
 use hyprstream_client::{HyprstreamClient, Rows};
 use tonic::Code;
 
@@ -254,6 +254,54 @@ async fn ann_searches_skip_deleted_rows_and_still_answer_k() {
         assert!(ids.iter().all(|id| !many_gone(id)), "a deleted row came back: {ids:?}");
         assert!(shared_with_exact_distances(&found, &exact, 1e-4) >= 8);
     }
+}
+
+/// Rows put after an index was built are found by ANN searches before `optimize` folds them
+/// in: by Lance's planner, or by the server's in-memory engine once an exact search has
+/// loaded it. Distances follow the contract (1 − cos) for a quantised index too.
+#[tokio::test(flavor = "multi_thread")]
+async fn ann_searches_find_rows_put_after_the_index_with_contract_distances() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows("a", 3000, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_hnsw_sq", "m": 16, "ef_construction": 200})).await;
+    // IVF_HNSW_SQ ranks by 8-bit codes: its distances are the exact ones up to that rounding.
+    const SQ: f32 = 0.02;
+    let queries: Vec<Vec<f32>> = (0..10).map(|_| random_vector(DIM)).collect();
+    for q in &queries[..3] {
+        let exact = client.search("t", q.clone(), 10).await.unwrap();
+        for filter in [None, Some("id IS NOT NULL".to_string())] {
+            let found = client.query(&Query { ef: Some(100), filter, ..ann("t", q.clone(), 10) }).await.unwrap();
+            assert!(shared_with_exact_distances(&found, &exact, SQ) >= 8);
+        }
+    }
+
+    // New rows, each close to an indexed one: exact search ranks them near the top.
+    let mut added = random_rows("b", 200, DIM);
+    for (row, near) in added.iter_mut().zip(&rows) {
+        let v = near.embedding.as_ref().unwrap();
+        row.embedding = Some(v.iter().map(|x| x + 0.01).collect());
+    }
+    client.put_with_mode("t", PutMode::Append, vec![batch(&added, DIM)]).await.unwrap();
+    let target = added[5].embedding.clone().unwrap();
+    for q in std::iter::once(&target).chain(&queries) {
+        let exact = client.search("t", q.clone(), 10).await.unwrap();
+        for (what, query) in [
+            ("in memory", Query { ef: Some(100), ..ann("t", q.clone(), 10) }),
+            ("in memory, refine 2", Query { ef: Some(100), refine: Some(2), ..ann("t", q.clone(), 10) }),
+            ("planner", Query { ef: Some(100), filter: Some("id IS NOT NULL".into()), ..ann("t", q.clone(), 10) }),
+        ] {
+            let found = client.query(&query).await.unwrap();
+            assert_eq!(found.num_rows(), 10, "{what}");
+            let d = distances(&found);
+            assert!(d.windows(2).all(|w| w[0] <= w[1]), "{what}: not nearest first: {d:?}");
+            assert!(shared_with_exact_distances(&found, &exact, SQ) >= 8, "{what}");
+        }
+    }
+    let first = client.query(&Query { ef: Some(100), ..ann("t", target.clone(), 3) }).await.unwrap();
+    assert_eq!(string_column(&first, "id")[0], "b-5");
+    assert!(distances(&first)[0].abs() < 1e-5);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,7 +22,7 @@ use super::{table_dim, table_metric, validate_table_name, BatchStream, TableServ
 use crate::error::{Error, Result};
 use super::engine::TableEngine;
 use tokio::sync::OwnedRwLockReadGuard;
-use crate::store::{dataset_schema, row_ids, vector_block, AnnQuery, ScanSpec};
+use crate::store::{dataset_schema, row_ids, vector_block, AnnQuery, IndexedHits, ScanSpec};
 
 /// Largest k a search accepts.
 pub const MAX_K: usize = 100_000;
@@ -397,12 +397,17 @@ impl TableService {
     /// Search through a Lance vector index (approximate; unindexed rows searched exactly),
     /// one Lance query per query vector. Distances follow the contract.
     async fn search_ann(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<Hits> {
-        // `refine` re-ranks with exact distances. Where the table's exact engine already holds
-        // this version's vectors in memory, the shortlist (k × refine candidates) is re-ranked
-        // there: Lance would read each candidate's vector from disk instead.
-        let engine = match q.refine {
-            Some(_) => self.loaded_engine(&q.table, &plan.dataset, search).await?,
-            None => None,
+        // Where the table's exact engine holds this version's vectors in memory, it does what
+        // Lance's planner would otherwise read from disk: `refine` re-ranks the shortlist
+        // (k × refine candidates) there, and rows written since the index was built are
+        // searched there exactly.
+        let engine = self.loaded_engine(&q.table, &plan.dataset, search).await?;
+        // Lance's dot distance is 1 − q·x; the contract's is −q·x.
+        let contract = |ids: Vec<u64>, distances: Vec<f32>| -> Vec<Neighbor> {
+            ids.into_iter()
+                .zip(distances)
+                .map(|(id, d)| Neighbor { id, distance: if search.metric == Metric::Dot { d - 1.0 } else { d } })
+                .collect()
         };
         // Futures built in a loop (not a closure over borrowed items: that trips the
         // higher-ranked lifetime check of tonic's Send bound).
@@ -420,22 +425,34 @@ impl TableService {
             };
             let engine = engine.as_ref();
             answers.push(async move {
-                if let (Some(engine), Some(refine)) = (engine, ann.refine) {
-                    let shortlist = AnnQuery { k: ann.k * refine as usize, refine: None, ..ann.clone() };
-                    let (candidates, _) = self.store().ann_search(&plan.dataset, &shortlist).await?;
-                    let state = engine.as_ref().expect("loaded");
-                    if let Some(hits) = state.index.rerank(query.vector(), &candidates, ann.k) {
-                        return Ok(hits);
+                if let Some(state) = engine.and_then(|e| e.as_ref()) {
+                    let shortlist = AnnQuery { k: ann.k * ann.refine.unwrap_or(1) as usize, refine: None, ..ann.clone() };
+                    let found = match self.store().ann_search_indexed(&plan.dataset, &shortlist, true).await? {
+                        Some(found) => Some(found),
+                        // Through the planner (a filter, say): its shortlist is still re-ranked here.
+                        None if ann.refine.is_some() => {
+                            let (ids, distances) = self.store().ann_search(&plan.dataset, &shortlist).await?;
+                            Some(IndexedHits { ids, distances, unindexed: Vec::new() })
+                        }
+                        None => None,
+                    };
+                    if let Some(found) = found {
+                        let mut hits = match ann.refine {
+                            Some(_) => state.index.rerank(query.vector(), &found.ids, ann.k),
+                            None => Some(contract(found.ids, found.distances)),
+                        };
+                        if let Some(hits) = &mut hits {
+                            if !found.unindexed.is_empty() {
+                                hits.extend(state.index.search_segments(query.vector(), ann.k, &found.unindexed));
+                                hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+                                hits.truncate(ann.k);
+                            }
+                            return Ok(std::mem::take(hits));
+                        }
                     }
                 }
                 let (ids, distances) = self.store().ann_search(&plan.dataset, &ann).await?;
-                Ok::<_, Error>(
-                    ids.into_iter()
-                        .zip(distances)
-                        // Lance's dot distance is 1 − q·x; the contract's is −q·x.
-                        .map(|(id, d)| Neighbor { id, distance: if search.metric == Metric::Dot { d - 1.0 } else { d } })
-                        .collect::<Vec<_>>(),
-                )
+                Ok::<_, Error>(contract(ids, distances))
             });
         }
         stream::iter(answers).buffered(ANN_CONCURRENCY).try_collect().await
@@ -444,8 +461,8 @@ impl TableService {
     /// The table's exact engine for this search's metric at exactly `dataset`'s version (row
     /// ids name rows of one version), if it is loaded. One loaded at an older version is
     /// brought up to date first: that reads only what changed (a put or a delete since), not
-    /// every vector, which a never-loaded engine would need (the caller refines through Lance
-    /// then).
+    /// every vector, which a never-loaded engine would need (the caller leaves the work to
+    /// Lance then).
     async fn loaded_engine(&self, table: &str, dataset: &Dataset, search: &SearchPlan) -> Result<Option<OwnedRwLockReadGuard<Option<TableEngine>>>> {
         let slot = self.engines.slot(table, search.kernel_metric());
         let loaded = |e: &Option<TableEngine>| e.as_ref().is_some_and(|e| e.index.dim() == search.dim());

@@ -57,6 +57,25 @@ pub struct DirectIndex {
     index: Arc<dyn VectorIndex>,
     /// Rows deleted since the index was built: the index still holds them.
     deleted: Option<DeletedRows>,
+    /// Fragments written since the index was built: it does not hold their rows.
+    unindexed: Vec<u32>,
+    /// Its distances are twice the contract's (see `doubles_cosine`).
+    halve: bool,
+}
+
+/// Whether a Lance index of this kind ranks cosine by the squared L2 distance between unit
+/// vectors, 2 − 2 cos: twice the contract's 1 − cos. Its quantised kinds do; the flat ones
+/// compute 1 − cos.
+fn doubles_cosine(kind: IndexType, metric: DistanceType) -> bool {
+    metric == DistanceType::Cosine && matches!(kind, IndexType::IvfPq | IndexType::IvfSq | IndexType::IvfHnswSq | IndexType::IvfHnswPq)
+}
+
+/// An ANN answer from the index alone: row ids and Lance `_distance`s of its hits, nearest
+/// first, and the fragments whose rows it did not search (see `ann_search_indexed`).
+pub struct IndexedHits {
+    pub ids: Vec<u64>,
+    pub distances: Vec<f32>,
+    pub unindexed: Vec<u32>,
 }
 
 #[derive(Clone)]
@@ -120,8 +139,8 @@ impl Store {
     /// nearest first. Only ids come back (the caller fetches the columns it needs, or none:
     /// Lance's take of even one column costs ≈ 0.8 ms per query here).
     pub async fn ann_search(&self, dataset: &Dataset, q: &AnnQuery) -> Result<(Vec<u64>, Vec<f32>)> {
-        match self.ann_search_direct(dataset, q).await? {
-            Some(found) => Ok(found),
+        match self.ann_search_indexed(dataset, q, false).await? {
+            Some(found) => Ok((found.ids, found.distances)),
             None => self.ann_search_planned(dataset, q).await,
         }
     }
@@ -136,12 +155,16 @@ impl Store {
     /// probe returns `deleted` more candidates, then the deleted ones are dropped, so k live
     /// rows still come back. (The planner prefilters instead, at a cost of every indexed
     /// row checked per query.)
-    async fn ann_search_direct(&self, dataset: &Dataset, q: &AnnQuery) -> Result<Option<(Vec<u64>, Vec<f32>)>> {
+    ///
+    /// With `with_unindexed`, rows written since the index was built are left to the caller:
+    /// it gets the index's hits and the fragments it must search itself. Without, their
+    /// presence means None (the planner searches them).
+    pub async fn ann_search_indexed(&self, dataset: &Dataset, q: &AnnQuery, with_unindexed: bool) -> Result<Option<IndexedHits>> {
         if q.filter.is_some() || q.refine.is_some() {
             return Ok(None);
         }
-        let Some(DirectIndex { index, deleted }) = self.direct_index(dataset, &q.column).await? else { return Ok(None) };
-        if index.metric_type() != q.metric {
+        let Some(DirectIndex { index, deleted, unindexed, halve }) = self.direct_index(dataset, &q.column).await? else { return Ok(None) };
+        if index.metric_type() != q.metric || (!with_unindexed && !unindexed.is_empty()) {
             return Ok(None);
         }
         let extra = deleted.as_ref().map_or(0, |d| d.count);
@@ -208,14 +231,18 @@ impl Store {
         if let Some(deleted) = &deleted {
             found.retain(|(_, id)| deleted.live.selected(*id));
         }
+        if halve {
+            found.iter_mut().for_each(|(d, _)| *d /= 2.0);
+        }
         found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         found.truncate(q.k);
         tracing::trace!(probe_ms = opened.elapsed().as_secs_f64() * 1e3, "ANN partitions probed");
-        Ok(Some(found.into_iter().map(|(d, id)| (id, d)).unzip()))
+        let (ids, distances) = found.into_iter().map(|(d, id)| (id, d)).unzip();
+        Ok(Some(IndexedHits { ids, distances, unindexed }))
     }
 
-    /// The vector index that answers `column` at this version without the planner: its one
-    /// segment covers every fragment. Decided once per table version (listing and opening
+    /// The vector index that answers `column` at this version without the planner: one
+    /// segment, built over fragments that all still exist. Decided once per table version (listing and opening
     /// the index cost ≈ 0.15 ms, a third of a small probe; the deletion mask more).
     async fn direct_index(&self, dataset: &Dataset, column: &str) -> Result<Option<DirectIndex>> {
         let key = (dataset.uri().to_string(), column.to_string());
@@ -249,13 +276,14 @@ impl Store {
         }
         let segments = self.vector_index_segments(dataset, column).await?;
         let [segment] = segments.as_slice() else { return Ok(None) };
-        let covered = segment.fragment_bitmap.as_ref().is_some_and(|bitmap| {
-            bitmap.len() == dataset.fragments().len() as u64
-                && dataset.fragments().iter().all(|f| bitmap.contains(f.id as u32))
-        });
-        if !covered {
+        // A fragment the index holds but the table no longer has (compacted or deleted whole)
+        // would need Lance's remapping: planner.
+        let Some(bitmap) = segment.fragment_bitmap.as_ref() else { return Ok(None) };
+        let current: std::collections::BTreeSet<u32> = dataset.fragments().iter().map(|f| f.id as u32).collect();
+        if bitmap.iter().any(|f| !current.contains(&f)) {
             return Ok(None);
         }
+        let unindexed: Vec<u32> = current.into_iter().filter(|f| !bitmap.contains(*f)).collect();
         let deleted = match deleted_rows {
             0 => None,
             count => {
@@ -267,7 +295,8 @@ impl Store {
         };
         let metrics = lance_index::metrics::NoOpMetricsCollector;
         let index = dataset.open_vector_index(column, &segment.uuid, &metrics).await.map_err(lance_error)?;
-        Ok(Some(DirectIndex { index, deleted }))
+        let halve = doubles_cosine(index.index_type(), index.metric_type());
+        Ok(Some(DirectIndex { index, deleted, unindexed, halve }))
     }
 
     async fn ann_search_planned(&self, dataset: &Dataset, q: &AnnQuery) -> Result<(Vec<u64>, Vec<f32>)> {
@@ -303,7 +332,36 @@ impl Store {
             let d = arrow::compute::cast(d, &arrow_schema::DataType::Float32)?;
             distances.extend_from_slice(d.as_primitive::<arrow_array::types::Float32Type>().values());
         }
+        if q.refine.is_none() && self.planned_distances_doubled(dataset, q).await? {
+            distances.iter_mut().for_each(|d| *d /= 2.0);
+        }
         Ok((ids, distances))
+    }
+
+    /// Whether the planner's `_distance`s are a quantised cosine index's own (see
+    /// `doubles_cosine`). They are where the index covers every row. Where rows are not
+    /// indexed yet, or with `refine`, the planner re-scores its candidates exactly (1 − cos)
+    /// to merge them with its flat search (measured: exact distances come back for IVF_PQ
+    /// candidates then).
+    async fn planned_distances_doubled(&self, dataset: &Dataset, q: &AnnQuery) -> Result<bool> {
+        if q.metric != DistanceType::Cosine {
+            return Ok(false);
+        }
+        let segments = self.vector_index_segments(dataset, &q.column).await?;
+        let Some(first) = segments.first() else { return Ok(false) };
+        let mut covered = std::collections::BTreeSet::new();
+        for segment in &segments {
+            match &segment.fragment_bitmap {
+                Some(bitmap) => covered.extend(bitmap.iter()),
+                None => return Ok(false),
+            }
+        }
+        if dataset.fragments().iter().any(|f| !covered.contains(&(f.id as u32))) {
+            return Ok(false);
+        }
+        let metrics = lance_index::metrics::NoOpMetricsCollector;
+        let index = dataset.open_vector_index(&q.column, &first.uuid, &metrics).await.map_err(lance_error)?;
+        Ok(doubles_cosine(index.index_type(), index.metric_type()))
     }
 
     /// Compacts small fragments, then folds unindexed rows into the existing indexes.

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 mod errors;
 mod indexes;
 pub use errors::lance_error;
-pub use indexes::{AnnQuery, Compaction, IndexSpec};
+pub use indexes::{AnnQuery, Compaction, IndexSpec, IndexedHits};
 
 const DATASET_SUFFIX: &str = ".lance";
 
