@@ -193,16 +193,23 @@ async fn hnsw_and_pq_indexes_answer_with_useful_recall_and_filters() {
     assert_direct_equals_planned(&mut client, "ivf_hnsw_flat, one partition", None).await;
 }
 
+/// A server with table "t" of 3000 random rows (ids `prefix-N`) and a one-graph HNSW index
+/// of `kind` (M 16, ef_construction 200) over them.
+async fn hnsw_table(prefix: &str, kind: &str) -> (Server, HyprstreamClient, Vec<Row>) {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let rows = random_rows(prefix, 3000, DIM);
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    create_index(&mut client, serde_json::json!({"table": "t", "type": kind, "m": 16, "ef_construction": 200})).await;
+    (server, client, rows)
+}
+
 /// Deleted rows stay in an index until it is rebuilt: searches must skip them and still
 /// answer k live rows, for a few deletions (the server searches past them itself) and for
 /// many (Lance's planner prefilters), with and without `refine`.
 #[tokio::test(flavor = "multi_thread")]
 async fn ann_searches_skip_deleted_rows_and_still_answer_k() {
-    let server = Server::start();
-    let mut client = server.client().await;
-    let rows = random_rows("d", 3000, DIM);
-    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
-    create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_hnsw_flat", "m": 16, "ef_construction": 200})).await;
+    let (_server, mut client, rows) = hnsw_table("d", "ivf_hnsw_flat").await;
     let target = rows[7].embedding.clone().unwrap();
     let before = client.query(&Query { ef: Some(100), ..ann("t", target.clone(), 10) }).await.unwrap();
     let before = string_column(&before, "id");
@@ -261,11 +268,7 @@ async fn ann_searches_skip_deleted_rows_and_still_answer_k() {
 /// loaded it. Distances follow the contract (1 − cos) for a quantised index too.
 #[tokio::test(flavor = "multi_thread")]
 async fn ann_searches_find_rows_put_after_the_index_with_contract_distances() {
-    let server = Server::start();
-    let mut client = server.client().await;
-    let rows = random_rows("a", 3000, DIM);
-    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
-    create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_hnsw_sq", "m": 16, "ef_construction": 200})).await;
+    let (_server, mut client, rows) = hnsw_table("a", "ivf_hnsw_sq").await;
     // IVF_HNSW_SQ ranks by 8-bit codes: its distances are the exact ones up to that rounding.
     const SQ: f32 = 0.02;
     let queries: Vec<Vec<f32>> = (0..10).map(|_| random_vector(DIM)).collect();

@@ -51,7 +51,18 @@ pub struct AnnQuery {
     pub refine: Option<u32>,
 }
 
-/// A vector index the server searches without Lance's planner (see `direct_index`).
+/// What a search of `column` needs to know of its vector index at one table version, worked
+/// out once per version (see `index_facts`).
+#[derive(Clone)]
+pub struct IndexFacts {
+    /// The index when the server can search it without Lance's planner.
+    direct: Option<DirectIndex>,
+    /// Whether the planner's cosine `_distance`s are twice the contract's (see
+    /// `planned_distances_doubled`).
+    planned_doubled: bool,
+}
+
+/// A vector index the server searches without Lance's planner (see `index_facts`).
 #[derive(Clone)]
 pub struct DirectIndex {
     index: Arc<dyn VectorIndex>,
@@ -163,7 +174,7 @@ impl Store {
         if q.filter.is_some() || q.refine.is_some() {
             return Ok(None);
         }
-        let Some(DirectIndex { index, deleted, unindexed, halve }) = self.direct_index(dataset, &q.column).await? else { return Ok(None) };
+        let Some(DirectIndex { index, deleted, unindexed, halve }) = self.index_facts(dataset, &q.column).await?.direct else { return Ok(None) };
         if index.metric_type() != q.metric || (!with_unindexed && !unindexed.is_empty()) {
             return Ok(None);
         }
@@ -244,19 +255,22 @@ impl Store {
     /// The vector index that answers `column` at this version without the planner: one
     /// segment, built over fragments that all still exist. Decided once per table version (listing and opening
     /// the index cost ≈ 0.15 ms, a third of a small probe; the deletion mask more).
-    async fn direct_index(&self, dataset: &Dataset, column: &str) -> Result<Option<DirectIndex>> {
+    async fn index_facts(&self, dataset: &Dataset, column: &str) -> Result<IndexFacts> {
         let key = (dataset.uri().to_string(), column.to_string());
         // A dropped and re-created table counts versions from 1 again: the commit time tells
         // its versions apart.
         let version = (dataset.version().version, dataset.manifest().timestamp_nanos);
-        if let Some((at, index)) = self.direct_indexes.lock().expect("index cache poisoned").get(&key) {
+        if let Some((at, facts)) = self.index_facts_cache.lock().expect("index cache poisoned").get(&key) {
             if *at == version {
-                return Ok(index.clone());
+                return Ok(facts.clone());
             }
         }
-        let index = self.open_direct_index(dataset, column).await?;
-        self.direct_indexes.lock().expect("index cache poisoned").insert(key, (version, index.clone()));
-        Ok(index)
+        let facts = IndexFacts {
+            direct: self.open_direct_index(dataset, column).await?,
+            planned_doubled: self.planned_distances_doubled(dataset, column).await?,
+        };
+        self.index_facts_cache.lock().expect("index cache poisoned").insert(key, (version, facts.clone()));
+        Ok(facts)
     }
 
     async fn open_direct_index(&self, dataset: &Dataset, column: &str) -> Result<Option<DirectIndex>> {
@@ -332,7 +346,7 @@ impl Store {
             let d = arrow::compute::cast(d, &arrow_schema::DataType::Float32)?;
             distances.extend_from_slice(d.as_primitive::<arrow_array::types::Float32Type>().values());
         }
-        if q.refine.is_none() && self.planned_distances_doubled(dataset, q).await? {
+        if q.refine.is_none() && q.metric == DistanceType::Cosine && self.index_facts(dataset, &q.column).await?.planned_doubled {
             distances.iter_mut().for_each(|d| *d /= 2.0);
         }
         Ok((ids, distances))
@@ -343,11 +357,8 @@ impl Store {
     /// indexed yet, or with `refine`, the planner re-scores its candidates exactly (1 − cos)
     /// to merge them with its flat search (measured: exact distances come back for IVF_PQ
     /// candidates then).
-    async fn planned_distances_doubled(&self, dataset: &Dataset, q: &AnnQuery) -> Result<bool> {
-        if q.metric != DistanceType::Cosine {
-            return Ok(false);
-        }
-        let segments = self.vector_index_segments(dataset, &q.column).await?;
+    async fn planned_distances_doubled(&self, dataset: &Dataset, column: &str) -> Result<bool> {
+        let segments = self.vector_index_segments(dataset, column).await?;
         let Some(first) = segments.first() else { return Ok(false) };
         let mut covered = std::collections::BTreeSet::new();
         for segment in &segments {
@@ -360,7 +371,7 @@ impl Store {
             return Ok(false);
         }
         let metrics = lance_index::metrics::NoOpMetricsCollector;
-        let index = dataset.open_vector_index(&q.column, &first.uuid, &metrics).await.map_err(lance_error)?;
+        let index = dataset.open_vector_index(column, &first.uuid, &metrics).await.map_err(lance_error)?;
         Ok(doubles_cosine(index.index_type(), index.metric_type()))
     }
 

@@ -60,9 +60,9 @@ pub struct Store {
     /// through this store and refreshes its entry, so a read of the latest version needs no
     /// trip to the manifest (that trip was most of a small query's latency).
     latest: std::sync::Mutex<std::collections::HashMap<String, Dataset>>,
-    /// Per (dataset, column): the version last checked and, where its ANN search can skip
-    /// Lance's planner, the opened vector index (see `indexes::direct_index`).
-    direct_indexes: std::sync::Mutex<std::collections::HashMap<(String, String), ((u64, u128), Option<indexes::DirectIndex>)>>,
+    /// Per (dataset, column): the version last checked and what its ANN searches need to know
+    /// of the vector index then (see `indexes::index_facts`).
+    index_facts_cache: std::sync::Mutex<std::collections::HashMap<(String, String), ((u64, u128), indexes::IndexFacts)>>,
 }
 
 impl Store {
@@ -71,7 +71,7 @@ impl Store {
         std::fs::create_dir_all(&root).map_err(|e| {
             Error::internal(format!("cannot create data directory {}: {e}", root.display()))
         })?;
-        Ok(Store { root, session: Arc::new(Session::default()), latest: Default::default(), direct_indexes: Default::default() })
+        Ok(Store { root, session: Arc::new(Session::default()), latest: Default::default(), index_facts_cache: Default::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -118,7 +118,7 @@ impl Store {
     fn forget(&self, table: &str) {
         self.latest.lock().expect("dataset cache poisoned").remove(table);
         let uri = self.uri(table);
-        self.direct_indexes.lock().expect("index cache poisoned").retain(|(at, _), _| *at != uri);
+        self.index_facts_cache.lock().expect("index cache poisoned").retain(|(at, _), _| *at != uri);
     }
 
     /// Opens the latest version, or `version` when given.
