@@ -342,6 +342,9 @@ async fn bad_index_requests_are_refused() {
     assert_status(client.query(&Query { ef: Some(15), refine: Some(2), ..ann("small", random_vector(DIM), 10) }).await, Code::InvalidArgument, "use ef ≥ 20");
     assert_status(client.query(&Query { nprobes: Some(0), ..ann("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "nprobes must be at least 1");
     assert_status(client.query(&Query { refine: Some(0), ..ann("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "refine must be at least 1");
+    // Lance sizes its heaps by ef and k × refine: these once aborted the server.
+    assert_status(client.query(&Query { ef: Some(1 << 40), ..ann("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "ef 1099511627776 is above 100000");
+    assert_status(client.query(&Query { refine: Some(u32::MAX), ..ann("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "above the 100000 candidates");
     assert_eq!(client.describe_table("small").await.unwrap().version, before);
     // exact: false on a table without a vector index is answered exactly.
     let found = client.query(&ann("small", random_vector(DIM), 3)).await.unwrap();

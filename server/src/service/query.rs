@@ -113,9 +113,21 @@ fn validate_ann_knobs(q: &Query, k: usize) -> Result<()> {
     if q.refine == Some(0) {
         return Err(Error::invalid("refine must be at least 1 (it re-ranks refine × k candidates)"));
     }
+    // Lance sizes its candidate heaps by these up front: unbounded, one request could make
+    // the server allocate without limit. Past MAX_K candidates an exact search is the tool.
+    let wanted = k.saturating_mul(q.refine.unwrap_or(1) as usize);
+    if wanted > MAX_K {
+        return Err(Error::invalid(format!(
+            "k × refine is {wanted}, above the {MAX_K} candidates an ANN search can shortlist: lower refine, or search with \"exact\": true"
+        )));
+    }
     if let Some(ef) = q.ef {
+        if ef > MAX_K {
+            return Err(Error::invalid(format!(
+                "ef {ef} is above {MAX_K}, the widest HNSW search this server runs: lower ef, or search with \"exact\": true"
+            )));
+        }
         // An HNSW search keeps ef candidates and must hand back k × refine of them.
-        let wanted = k * q.refine.unwrap_or(1) as usize;
         if ef < wanted {
             return Err(Error::invalid(format!(
                 "ef {ef} is below the {wanted} candidates this search asks of the index (k × refine): use ef ≥ {wanted}"
