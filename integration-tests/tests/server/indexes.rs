@@ -16,8 +16,9 @@ fn ann(table: &str, q: Vec<f32>, k: usize) -> Query {
     Query { exact: Some(false), ..Query::search(table, q, k) }
 }
 
-/// The server probes an index itself when nothing else is asked; a filter that admits every
-/// row sends the same query through Lance's planner. Both must give the same answer (table "t").
+/// The server probes an index itself when nothing else is asked. A filter that admits every
+/// row must not change the answer: it goes through Lance's planner where the index has several
+/// partitions, else through the server's filtered graph walk (table "t").
 async fn assert_direct_equals_planned(client: &mut HyprstreamClient, kind: &str, nprobes: Option<usize>) {
     for _ in 0..3 {
         let direct = Query { nprobes, ef: Some(100), ..ann("t", random_vector(DIM), 10) };
@@ -202,6 +203,65 @@ async fn hnsw_table(prefix: &str, kind: &str) -> (Server, HyprstreamClient, Vec<
     client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
     create_index(&mut client, serde_json::json!({"table": "t", "type": kind, "m": 16, "ef_construction": 200})).await;
     (server, client, rows)
+}
+
+fn search_path(found: &Rows) -> &str {
+    found.schema.metadata().get("hyprstream.search_path").map(String::as_str).unwrap_or_default()
+}
+
+/// A filtered ANN search returns only rows the filter admits, k of them, near the exact
+/// filtered answer: through a graph walk that skips refused rows (most rows admitted), exactly
+/// in memory (few admitted, engine loaded) or through Lance's planner (few, engine not loaded).
+/// The filter's rows are worked out once per version: a delete must still take rows out.
+#[tokio::test(flavor = "multi_thread")]
+async fn filtered_ann_searches_return_only_admitted_rows() {
+    let (_server, mut client, rows) = hnsw_table("f", "ivf_hnsw_sq").await;
+    const SQ: f32 = 0.02;
+    let chapter = |id: &str| rows.iter().position(|r| r.id == id).unwrap() % 5;
+    // 80 % of rows admitted; then 7 % (ids f-8…, f-9…).
+    let broad = "json_get_int(metadata, 'chapter') <> 2";
+    let narrow = "id >= 'f-8'";
+    let queries: Vec<Vec<f32>> = (0..10).map(|_| random_vector(DIM)).collect();
+    let filtered = |filter: &str, q: &Vec<f32>| Query { ef: Some(100), filter: Some(filter.into()), ..ann("t", q.clone(), 10) };
+
+    // Before any exact search: the engine is not loaded.
+    for q in &queries[..3] {
+        let found = client.query(&filtered(broad, q)).await.unwrap();
+        assert_eq!(search_path(&found), "ann");
+        assert!(string_column(&found, "id").iter().all(|id| chapter(id) != 2));
+        let found = client.query(&filtered(narrow, q)).await.unwrap();
+        assert_eq!(search_path(&found), "ann");
+        assert_eq!(found.num_rows(), 10);
+        assert!(string_column(&found, "id").iter().all(|id| id.as_str() >= "f-8"));
+    }
+
+    let mut shared = 0;
+    for q in &queries {
+        let exact = client.query(&Query { filter: Some(broad.into()), ..Query::search("t", q.clone(), 10) }).await.unwrap();
+        let found = client.query(&filtered(broad, q)).await.unwrap();
+        assert_eq!(search_path(&found), "ann");
+        let ids = string_column(&found, "id");
+        assert_eq!(ids.len(), 10);
+        assert!(ids.iter().all(|id| chapter(id) != 2), "a refused row came back: {ids:?}");
+        shared += shared_with_exact_distances(&found, &exact, SQ);
+        // Few rows admitted and the engine loaded (by the exact search): ranked exactly.
+        let exact = client.query(&Query { filter: Some(narrow.into()), ..Query::search("t", q.clone(), 10) }).await.unwrap();
+        let found = client.query(&filtered(narrow, q)).await.unwrap();
+        assert_eq!(search_path(&found), "exact_cpu");
+        assert_eq!(string_column(&found, "id"), string_column(&exact, "id"));
+    }
+    assert!(shared >= 90, "filtered recall@10 {shared}/100");
+
+    // Deleting admitted rows, the query's nearest among them, makes a new version: they go.
+    let q = &queries[0];
+    let before = string_column(&client.query(&filtered(broad, q)).await.unwrap(), "id");
+    let gone = &before[..3];
+    let delete = gone.iter().map(|id| format!("id = '{id}'")).collect::<Vec<_>>().join(" OR ");
+    assert_eq!(client.delete("t", &delete).await.unwrap().deleted, 3);
+    let after = string_column(&client.query(&filtered(broad, q)).await.unwrap(), "id");
+    assert_eq!(after.len(), 10);
+    assert!(after.iter().all(|id| !gone.contains(id) && chapter(id) != 2), "{after:?}");
+    assert!(after.contains(&before[3]), "{after:?}");
 }
 
 /// Deleted rows stay in an index until it is rebuilt: searches must skip them and still

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float32Array, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::{stream, StreamExt, TryStreamExt};
-use hyprstream_kernels::{search_block, Neighbor, PreparedQuery, RowFilter, TopK};
+use hyprstream_kernels::{search_block, Neighbor, PreparedQuery, TopK};
 use hyprstream_proto::columns::{DATA_TYPE, DISTANCE, EMBEDDING, ID, METADATA, QUERY};
 use hyprstream_proto::schema_keys::{METRIC, SEARCH_PATH};
 use hyprstream_proto::{Metric, Query, SearchHit};
@@ -22,10 +22,14 @@ use super::{table_dim, table_metric, validate_table_name, BatchStream, TableServ
 use crate::error::{Error, Result};
 use super::engine::TableEngine;
 use tokio::sync::OwnedRwLockReadGuard;
-use crate::store::{dataset_schema, row_ids, vector_block, AnnQuery, IndexedHits, ScanSpec};
+use crate::store::{dataset_schema, vector_block, AnnQuery, IndexedHits, ScanSpec};
 
 /// Largest k a search accepts.
 pub const MAX_K: usize = 100_000;
+/// Below this share of rows admitted by its filter, an ANN search is answered exactly in memory
+/// (where the engine holds the version): a graph walk meets mostly rows it must skip. Measured
+/// on 100k × 384, HNSW ef 120: 11 % admitted, walk 2.6 ms, exact 1.0 ms; 33 %, 1.2 vs 1.7 ms.
+const EXACT_FILTER_SHARE: f64 = 0.2;
 /// Most query vectors one batched search takes.
 pub const MAX_QUERIES: usize = 1024;
 /// Most rows one batched search returns (queries × k).
@@ -335,6 +339,11 @@ impl TableService {
                     SearchPath::Memory | SearchPath::MemoryGpu => {
                         self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone(), ids_only).await?
                     }
+                    SearchPath::Ann if self.filter_is_selective(&plan, search, q).await? => {
+                        // Where a filter admits few rows, ranking them all is faster than a graph
+                        // walk past the others, and exact (Lance's HNSW search does the same).
+                        self.search_memory(&q.table, plan.dataset.clone(), search, q.filter.clone(), ids_only).await?
+                    }
                     SearchPath::Ann => {
                         let hits = self.search_ann(&plan, search, q).await?;
                         let ids = match ids_only && q.version.is_none() {
@@ -389,9 +398,9 @@ impl TableService {
         }
         let row_filter = match filter {
             None => None,
-            Some(f) => Some(self.filter_rows(&dataset, f).await?),
+            Some(f) => Some(self.store().admitted_rows(&dataset, &f).await?),
         };
-        let (hits, on_gpu) = tokio::task::block_in_place(|| state.search(&search.queries, search.k, row_filter.as_ref()));
+        let (hits, on_gpu) = tokio::task::block_in_place(|| state.search(&search.queries, search.k, row_filter.as_deref()));
         let ids = if ids_only { state.ids_of(hits.iter().flatten()) } else { None };
         Ok(Ranked { hits, dataset, path: if on_gpu { SearchPath::MemoryGpu } else { SearchPath::Memory }, ids })
     }
@@ -406,6 +415,16 @@ impl TableService {
         Ok(if state.version == dataset.version().version { state.ids_of(hits.iter().flatten()) } else { None })
     }
 
+    /// Whether an ANN search's filter admits under `EXACT_FILTER_SHARE` of the rows, and the
+    /// in-memory engine holds this version to rank them exactly.
+    async fn filter_is_selective(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<bool> {
+        let Some(filter) = &q.filter else { return Ok(false) };
+        let Some(engine) = self.loaded_engine(&q.table, &plan.dataset, search).await? else { return Ok(false) };
+        let rows = engine.as_ref().map_or(0, |e| e.index.len());
+        let admitted = self.store().admitted_rows(&plan.dataset, filter).await?;
+        Ok((admitted.len() as f64) < EXACT_FILTER_SHARE * rows as f64)
+    }
+
     /// Search through a Lance vector index (approximate; unindexed rows searched exactly),
     /// one Lance query per query vector. Distances follow the contract.
     async fn search_ann(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<Hits> {
@@ -414,6 +433,11 @@ impl TableService {
         // (k × refine candidates) there, and rows written since the index was built are
         // searched there exactly.
         let engine = self.loaded_engine(&q.table, &plan.dataset, search).await?;
+        // The filter's rows (once per version) let an HNSW index answer without the planner.
+        let admitted = match &q.filter {
+            Some(filter) => Some(self.store().admitted_rows(&plan.dataset, filter).await?),
+            None => None,
+        };
         // Lance's dot distance is 1 − q·x; the contract's is −q·x.
         let contract = |ids: Vec<u64>, distances: Vec<f32>| -> Vec<Neighbor> {
             ids.into_iter()
@@ -431,6 +455,7 @@ impl TableService {
                 k: search.k,
                 metric: super::indexes::distance_type(search.metric),
                 filter: q.filter.clone(),
+                admitted: admitted.clone(),
                 nprobes: q.nprobes,
                 ef: q.ef,
                 refine: q.refine,
@@ -491,17 +516,6 @@ impl TableService {
         let engine = super::engine::synced(&slot, dataset, search.dim(), search.kernel_metric()).await?;
         let usable = engine.as_ref().is_some_and(|e| e.version == dataset.version().version && e.index.dim() == search.dim());
         Ok(usable.then_some(engine))
-    }
-
-    /// The row ids a filter admits (the prefilter of a search).
-    async fn filter_rows(&self, dataset: &Dataset, filter: String) -> Result<RowFilter> {
-        let spec = ScanSpec { filter: Some(filter), columns: Some(Vec::new()), limit: None, with_row_id: true };
-        let (_, mut batches) = self.store().scan(dataset, &spec).await?;
-        let mut ids = Vec::new();
-        while let Some(batch) = batches.try_next().await? {
-            ids.extend_from_slice(row_ids(&batch)?);
-        }
-        Ok(RowFilter::new(ids))
     }
 
     /// Search of a pinned version: stream its (prefiltered) vectors through the kernels.

@@ -22,6 +22,16 @@ use lance_index::vector::{Query, VectorIndex, DEFAULT_QUERY_PARALLELISM};
 use lance_index::IndexType;
 use lance::table::format::IndexMetadata;
 use lance_linalg::distance::DistanceType;
+use hyprstream_kernels::RowFilter;
+use lance::index::vector::ivf::v2::{IVFIndex, PartitionEntry};
+use lance_index::vector::graph::VisitedGenerator;
+use lance_index::vector::hnsw::builder::HnswQueryParams;
+use lance_index::vector::hnsw::HNSW;
+use lance_index::vector::quantizer::Quantization;
+use lance_index::vector::sq::ScalarQuantizer;
+use lance_index::vector::flat::index::FlatQuantizer;
+use lance_index::vector::pq::ProductQuantizer;
+use lance_index::vector::storage::VectorStore;
 
 use super::{lance_error, lance_query_error, Store};
 use crate::error::{Error, Result};
@@ -46,6 +56,9 @@ pub struct AnnQuery {
     pub k: usize,
     pub metric: DistanceType,
     pub filter: Option<String>,
+    /// The rows `filter` admits, where the caller has them (`Store::admitted_rows`): with
+    /// them a filtered search of an HNSW index need not go through the planner.
+    pub admitted: Option<Arc<RowFilter>>,
     pub nprobes: Option<usize>,
     pub ef: Option<usize>,
     pub refine: Option<u32>,
@@ -160,25 +173,43 @@ impl Store {
     /// the HNSW search itself here): the index's partitions are probed directly and merged,
     /// exactly as the planner's ANN nodes would. Only where nothing else is needed, so the
     /// answer is the planner's: one index segment covering every fragment (no unindexed
-    /// rows to flat-search), no filter, no refine, `nprobes` given or a single partition
-    /// (the planner's adaptive probing is not reproduced), and the index's metric. None
-    /// otherwise. Deleted rows (up to `MAX_POST_FILTERED_DELETES`) are searched past: each
-    /// probe returns `deleted` more candidates, then the deleted ones are dropped, so k live
-    /// rows still come back. (The planner prefilters instead, at a cost of every indexed
-    /// row checked per query.)
+    /// rows to flat-search), no refine, `nprobes` given or a single partition (the planner's
+    /// adaptive probing is not reproduced), and the index's metric. None otherwise. Deleted
+    /// rows (up to `MAX_POST_FILTERED_DELETES`) are searched past: each probe returns
+    /// `deleted` more candidates, then the deleted ones are dropped, so k live rows still
+    /// come back. (The planner prefilters instead, at a cost of every indexed row checked
+    /// per query.)
+    ///
+    /// A filter is taken here with its rows (`q.admitted`) by a one-partition HNSW index
+    /// admitting at least `MIN_GRAPH_FILTER_SHARE` of its rows, and no unindexed rows: a
+    /// graph walk that returns only admitted nodes (see `NodeMask`).
     ///
     /// With `with_unindexed`, rows written since the index was built are left to the caller:
     /// it gets the index's hits and the fragments it must search itself. Without, their
     /// presence means None (the planner searches them).
     pub async fn ann_search_indexed(&self, dataset: &Dataset, q: &AnnQuery, with_unindexed: bool) -> Result<Option<IndexedHits>> {
-        if q.filter.is_some() || q.refine.is_some() {
+        if q.refine.is_some() || (q.filter.is_some() && q.admitted.is_none()) {
             return Ok(None);
         }
         let Some(DirectIndex { index, deleted, unindexed, halve }) = self.index_facts(dataset, &q.column).await?.direct else { return Ok(None) };
         if index.metric_type() != q.metric || (!with_unindexed && !unindexed.is_empty()) {
             return Ok(None);
         }
-        let extra = deleted.as_ref().map_or(0, |d| d.count);
+        let admitted = match &q.admitted {
+            None => None,
+            // Rows put since the index was built are searched by the caller without a filter;
+            // several partitions would each need their own mask: the planner answers those.
+            Some(_) if !unindexed.is_empty() || index.total_partitions() != 1 => return Ok(None),
+            Some(rows) => match self.node_mask(dataset, &index, &q.column, q.filter.as_deref().unwrap_or_default(), rows).await? {
+                Some(mask) => Some(mask),
+                None => return Ok(None),
+            },
+        };
+        // A filter's rows are live rows: with one, deleted rows are already kept out.
+        let extra = match admitted {
+            Some(_) => 0,
+            None => deleted.as_ref().map_or(0, |d| d.count),
+        };
         let nprobes = match q.nprobes {
             Some(n) => n,
             // With one partition the planner's adaptive probing has nothing to choose.
@@ -226,7 +257,9 @@ impl Store {
             .map(|i| (partitions.value(i) as usize, Query { dist_q_c: centroid_distances.value(i), ..query.clone() }))
             .collect();
         let mut found: Vec<(f32, u64)> = Vec::new();
-        if let [(partition, query)] = probes.as_slice() {
+        if let Some(mask) = &admitted {
+            found = mask.search(&index, &query)?;
+        } else if let [(partition, query)] = probes.as_slice() {
             found = probe_partition(&index, *partition, query).await?;
         } else {
             // Partitions are independent searches: on their own tasks they run on every
@@ -239,7 +272,7 @@ impl Store {
                 found.extend(probe.map_err(|e| Error::internal(format!("ANN partition search failed: {e}")))??);
             }
         }
-        if let Some(deleted) = &deleted {
+        if let (Some(deleted), None) = (&deleted, &admitted) {
             found.retain(|(_, id)| deleted.live.selected(*id));
         }
         if halve {
@@ -256,20 +289,14 @@ impl Store {
     /// segment, built over fragments that all still exist. Decided once per table version (listing and opening
     /// the index cost ≈ 0.15 ms, a third of a small probe; the deletion mask more).
     async fn index_facts(&self, dataset: &Dataset, column: &str) -> Result<IndexFacts> {
-        let key = (dataset.uri().to_string(), column.to_string());
-        // A dropped and re-created table counts versions from 1 again: the commit time tells
-        // its versions apart.
-        let version = (dataset.version().version, dataset.manifest().timestamp_nanos);
-        if let Some((at, facts)) = self.index_facts_cache.lock().expect("index cache poisoned").get(&key) {
-            if *at == version {
-                return Ok(facts.clone());
-            }
+        if let Some(facts) = self.index_facts_cache.get(dataset, column) {
+            return Ok(facts);
         }
         let facts = IndexFacts {
             direct: self.open_direct_index(dataset, column).await?,
             planned_doubled: self.planned_distances_doubled(dataset, column).await?,
         };
-        self.index_facts_cache.lock().expect("index cache poisoned").insert(key, (version, facts.clone()));
+        self.index_facts_cache.insert(dataset, column, facts.clone());
         Ok(facts)
     }
 
@@ -426,4 +453,116 @@ async fn probe_partition(index: &Arc<dyn VectorIndex>, partition: usize, query: 
     let d = arrow::compute::cast(d, &arrow_schema::DataType::Float32)?;
     let d = d.as_primitive::<arrow_array::types::Float32Type>();
     Ok(d.values().iter().copied().zip(super::row_ids(&batch)?.iter().copied()).collect())
+}
+
+/// Below this share of a graph's nodes admitted, a filtered walk mostly meets rows it must
+/// skip; Lance's HNSW search then ranks the admitted rows exhaustively instead, and the planner
+/// answers (the service's in-memory engine answers before that where it can).
+const MIN_GRAPH_FILTER_SHARE: f64 = 0.1;
+
+/// The nodes of a single-partition HNSW index whose rows a filter admits, as the bit set
+/// Lance's HNSW search takes: the search walks the whole graph but returns only admitted
+/// nodes. This is Lance's own prefiltered HNSW search, without the per-query pass over every
+/// row id of the partition that builds the set (≈ 2 ms per 100k rows): the set is built once
+/// per (version, filter).
+pub struct NodeMask {
+    partition: HnswPartition,
+    /// Admitted nodes' bits set (Lance's bit set type; cloned per query, as a search consumes it).
+    bits: VisitedGenerator,
+}
+
+/// The one partition of an IVF_HNSW_* index, for each quantisation Lance builds.
+enum HnswPartition {
+    Sq(Arc<PartitionEntry<HNSW, ScalarQuantizer>>),
+    Flat(Arc<PartitionEntry<HNSW, FlatQuantizer>>),
+    Pq(Arc<PartitionEntry<HNSW, ProductQuantizer>>),
+}
+
+thread_local! {
+    /// This thread's visited-node set for HNSW walks, kept between queries (Lance keeps a pool
+    /// of them in the graph for the same reason).
+    static HNSW_VISITED: std::cell::RefCell<VisitedGenerator> = std::cell::RefCell::new(VisitedGenerator::new(0));
+}
+
+impl Store {
+    /// The filter's node mask for `index` (cached per version), or None where the planner
+    /// answers better: not an HNSW index, or too few rows admitted for a graph walk.
+    async fn node_mask(&self, dataset: &Dataset, index: &Arc<dyn VectorIndex>, column: &str, filter: &str, rows: &RowFilter) -> Result<Option<Arc<NodeMask>>> {
+        let key = format!("{column}\u{0}{filter}");
+        if let Some(mask) = self.node_mask_cache.get(dataset, &key) {
+            return Ok(mask);
+        }
+        let metrics = lance_index::metrics::NoOpMetricsCollector;
+        let any = index.as_any();
+        let partition = if let Some(ivf) = any.downcast_ref::<IVFIndex<HNSW, ScalarQuantizer>>() {
+            HnswPartition::Sq(ivf.load_partition(0, true, &metrics).await.map_err(lance_error)?)
+        } else if let Some(ivf) = any.downcast_ref::<IVFIndex<HNSW, FlatQuantizer>>() {
+            HnswPartition::Flat(ivf.load_partition(0, true, &metrics).await.map_err(lance_error)?)
+        } else if let Some(ivf) = any.downcast_ref::<IVFIndex<HNSW, ProductQuantizer>>() {
+            HnswPartition::Pq(ivf.load_partition(0, true, &metrics).await.map_err(lance_error)?)
+        } else {
+            return Ok(None);
+        };
+        let bits = match &partition {
+            HnswPartition::Sq(entry) => admitted_nodes(&entry.storage, rows),
+            HnswPartition::Flat(entry) => admitted_nodes(&entry.storage, rows),
+            HnswPartition::Pq(entry) => admitted_nodes(&entry.storage, rows),
+        };
+        let mask = bits.map(|bits| Arc::new(NodeMask { partition, bits }));
+        self.node_mask_cache.insert(dataset, &key, mask.clone());
+        Ok(mask)
+    }
+}
+
+/// The bit set of the nodes whose rows `rows` holds; None below `MIN_GRAPH_FILTER_SHARE`.
+fn admitted_nodes(storage: &impl VectorStore, rows: &RowFilter) -> Option<VisitedGenerator> {
+    let nodes = storage.len();
+    let mut bits = VisitedGenerator::new(nodes);
+    let mut admitted = bits.generate(nodes);
+    for (node, row) in storage.row_ids().enumerate() {
+        if rows.contains(*row) {
+            admitted.insert(node as u32);
+        }
+    }
+    if (admitted.count_ones() as f64) < MIN_GRAPH_FILTER_SHARE * nodes as f64 {
+        return None;
+    }
+    // Dropping the set would clear its bits; keep them (it only borrows `bits`).
+    std::mem::forget(admitted);
+    Some(bits)
+}
+
+impl NodeMask {
+    /// The admitted rows nearest to `query` (k of them where k are admitted): (Lance
+    /// `_distance`, row id).
+    fn search(&self, index: &Arc<dyn VectorIndex>, query: &Query) -> Result<Vec<(f32, u64)>> {
+        match &self.partition {
+            HnswPartition::Sq(entry) => masked_search(index, entry, query, &self.bits),
+            HnswPartition::Flat(entry) => masked_search(index, entry, query, &self.bits),
+            HnswPartition::Pq(entry) => masked_search(index, entry, query, &self.bits),
+        }
+    }
+}
+
+fn masked_search<Q: Quantization + 'static>(index: &Arc<dyn VectorIndex>, entry: &PartitionEntry<HNSW, Q>, query: &Query, bits: &VisitedGenerator) -> Result<Vec<(f32, u64)>> {
+    let ivf = index.as_any().downcast_ref::<IVFIndex<HNSW, Q>>().ok_or_else(|| Error::internal("an HNSW node mask met another index"))?;
+    if entry.index.is_empty() {
+        return Ok(Vec::new());
+    }
+    // As Lance's partition search prepares it (residuals, where the quantiser uses them).
+    let query = ivf.preprocess_query(0, query).map_err(lance_error)?;
+    let params = HnswQueryParams::from(&query);
+    let mut bits = bits.clone();
+    let admitted = bits.generate(entry.storage.len());
+    // Lance's HNSW search looks two neighbours ahead (`search_basic`); so does this one.
+    let nodes = HNSW_VISITED
+        .with(|visited| entry.index.search_inner(query.key.clone(), query.k, &params, Some(admitted), &mut visited.borrow_mut(), &entry.storage, Some(2)))
+        .map_err(lance_error)?;
+    // A multivector row has several nodes: its nearest stands for it (as in Lance).
+    let mut seen = std::collections::HashSet::with_capacity(nodes.len());
+    Ok(nodes
+        .into_iter()
+        .map(|node| (node.dist.0, entry.storage.row_id(node.id)))
+        .filter(|(_, row)| seen.insert(*row))
+        .collect())
 }

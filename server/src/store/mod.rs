@@ -14,7 +14,9 @@ use lance::index::DatasetIndexExt;
 use lance::session::Session;
 
 use crate::error::{Error, Result};
+use hyprstream_kernels::RowFilter;
 
+mod cache;
 mod errors;
 mod indexes;
 pub use errors::lance_error;
@@ -60,9 +62,15 @@ pub struct Store {
     /// through this store and refreshes its entry, so a read of the latest version needs no
     /// trip to the manifest (that trip was most of a small query's latency).
     latest: std::sync::Mutex<std::collections::HashMap<String, Dataset>>,
-    /// Per (dataset, column): the version last checked and what its ANN searches need to know
-    /// of the vector index then (see `indexes::index_facts`).
-    index_facts_cache: std::sync::Mutex<std::collections::HashMap<(String, String), ((u64, u128), indexes::IndexFacts)>>,
+    /// Per (dataset, column): what its ANN searches need to know of the vector index at the
+    /// version last searched (see `indexes::index_facts`).
+    index_facts_cache: cache::VersionCache<indexes::IndexFacts>,
+    /// Per (dataset, filter): the rows the filter admits at the version last searched (see
+    /// `admitted_rows`).
+    admitted_cache: cache::VersionCache<Arc<RowFilter>>,
+    /// Per (dataset, column and filter): the index's graph nodes the filter admits (see
+    /// `indexes::node_mask`).
+    node_mask_cache: cache::VersionCache<Option<Arc<indexes::NodeMask>>>,
 }
 
 impl Store {
@@ -71,7 +79,15 @@ impl Store {
         std::fs::create_dir_all(&root).map_err(|e| {
             Error::internal(format!("cannot create data directory {}: {e}", root.display()))
         })?;
-        Ok(Store { root, session: Arc::new(Session::default()), latest: Default::default(), index_facts_cache: Default::default() })
+        Ok(Store {
+            root,
+            session: Arc::new(Session::default()),
+            latest: Default::default(),
+            index_facts_cache: cache::VersionCache::new(256),
+            // A row set is 8 bytes a row: 32 of 1M-row tables are 256 MB at most.
+            admitted_cache: cache::VersionCache::new(32),
+            node_mask_cache: cache::VersionCache::new(32),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -118,7 +134,9 @@ impl Store {
     fn forget(&self, table: &str) {
         self.latest.lock().expect("dataset cache poisoned").remove(table);
         let uri = self.uri(table);
-        self.index_facts_cache.lock().expect("index cache poisoned").retain(|(at, _), _| *at != uri);
+        self.index_facts_cache.forget(&uri);
+        self.admitted_cache.forget(&uri);
+        self.node_mask_cache.forget(&uri);
     }
 
     /// Opens the latest version, or `version` when given.
@@ -284,6 +302,23 @@ impl Store {
             entries.push(IndexEntry { name: index.name.clone(), columns, index_type });
         }
         Ok(entries)
+    }
+
+    /// The rows of `dataset` that `filter` admits (a search's prefilter), worked out once per
+    /// version: a scan of the filter's columns costs milliseconds, a search far less.
+    pub async fn admitted_rows(&self, dataset: &Dataset, filter: &str) -> Result<Arc<RowFilter>> {
+        if let Some(rows) = self.admitted_cache.get(dataset, filter) {
+            return Ok(rows);
+        }
+        let spec = ScanSpec { filter: Some(filter.to_string()), columns: Some(Vec::new()), limit: None, with_row_id: true };
+        let (_, mut batches) = self.scan(dataset, &spec).await?;
+        let mut ids = Vec::new();
+        while let Some(batch) = batches.try_next().await? {
+            ids.extend_from_slice(row_ids(&batch)?);
+        }
+        let rows = Arc::new(RowFilter::new(ids));
+        self.admitted_cache.insert(dataset, filter, rows.clone());
+        Ok(rows)
     }
 
     /// Streams the rows of `dataset` that `spec` selects. Errors in the filter or column
