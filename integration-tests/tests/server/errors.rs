@@ -53,6 +53,16 @@ async fn bad_queries_are_invalid_argument_or_not_found() {
         Code::InvalidArgument,
         "filter",
     );
+    // A filter failing on the rows it meets is still the filter's error.
+    for query in [Query::scan("t"), Query::search("t", vec![1.0; DIM], 3)] {
+        assert_status(client.query(&Query { filter: Some("1/0 = 1".into()), ..query }).await, Code::InvalidArgument, "invalid filter '1/0 = 1'");
+    }
+    // Lance would ignore what follows a ';' (here: select every row).
+    assert_status(client.query(&Query { filter: Some("id = 'ok-1'; true".into()), ..Query::scan("t") }).await, Code::InvalidArgument, "remove the ';'");
+    assert_eq!(client.query(&Query { filter: Some("id = 'a;b'".into()), ..Query::scan("t") }).await.unwrap().num_rows(), 0);
+    // Messages quote the request; a long one is cut so the status still gets through.
+    let long = "x".repeat(20_000);
+    assert_status(client.scan(&long).await, Code::InvalidArgument, "more bytes of this message cut");
     assert_status(client.scan("bad-name").await, Code::InvalidArgument, "invalid table name");
     assert_status(client.scan("../etc").await, Code::InvalidArgument, "invalid table name");
     assert_status(client.search("t", vec![1.0; DIM], 0).await, Code::InvalidArgument, "k must be");
@@ -92,6 +102,28 @@ async fn bad_puts_change_nothing() {
     let mut rows = random_rows("js", 3, DIM);
     rows[2].metadata = Some("{chapter: 3".into());
     assert_status(client.put("t", vec![batch(&rows, DIM)]).await, Code::InvalidArgument, "not valid JSON");
+
+    // Metadata Lance's JSONB column would not store as sent: deep nesting (thousands of
+    // levels once overflowed the server's stack), a key twice, a number past f64.
+    for (metadata, message) in [
+        (format!("{}{}", "[".repeat(5000), "]".repeat(5000)), "nested deeper than 64 levels"),
+        (r#"{"x": 1, "x": 2}"#.to_string(), "\"x\" appears twice"),
+        (r#"{"x": 1e400}"#.to_string(), "number out of range"),
+    ] {
+        let mut rows = random_rows("js", 3, DIM);
+        rows[1].metadata = Some(metadata);
+        assert_status(client.put("t", vec![batch(&rows, DIM)]).await, Code::InvalidArgument, message);
+    }
+
+    // raw_data of numbers, an embedding of integers (the table exists: no first-put schema).
+    let ints = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("raw_data", DataType::Int64, true)]));
+    let b = RecordBatch::try_new(ints, vec![Arc::new(StringArray::from(vec!["e"])) as ArrayRef, Arc::new(Int64Array::from(vec![7]))]).unwrap();
+    assert_status(client.put("t", vec![b]).await, Code::InvalidArgument, "raw_data");
+    let item = Arc::new(Field::new("item", DataType::Int32, true));
+    let vectors = arrow::array::FixedSizeListArray::try_new(item.clone(), DIM as i32, Arc::new(arrow::array::Int32Array::from(vec![1; DIM])), None).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("embedding", DataType::FixedSizeList(item, DIM as i32), true)]));
+    let b = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["e"])) as ArrayRef, Arc::new(vectors)]).unwrap();
+    assert_status(client.put("t", vec![b]).await, Code::InvalidArgument, "float32");
 
     // Wrong vector length for the table.
     assert_status(client.put("t", vec![batch(&random_rows("w", 2, DIM + 2), DIM + 2)]).await, Code::InvalidArgument, "dim is 4");
@@ -139,5 +171,8 @@ async fn bad_actions_are_refused_precisely() {
     assert_status(client.drop_table("missing").await, Code::NotFound, "missing");
     assert_status(client.action_raw("describe_table", "[1, 2]").await, Code::InvalidArgument, "describe_table");
     assert_status(client.action_raw("search", r#"{"table": "t"}"#).await, Code::InvalidArgument, "vector");
+    assert_status(client.delete("t", "id = 'ok-1'; true").await, Code::InvalidArgument, "remove the ';'");
+    // A deleted layer would leave a model that cannot load: models go through drop_model.
+    assert_status(client.delete("models", "layer_id = 3").await, Code::InvalidArgument, "drop_model");
     unchanged(&mut client, before).await;
 }

@@ -384,6 +384,49 @@ async fn scalar_indexes_keep_filters_correct() {
     assert_eq!(string_column(&one, "id"), vec!["s-42"]);
 }
 
+/// An index is reported by the name it was built under; a new vector (scalar) index on a
+/// column replaces the column's vector (scalar) index whatever its name; names are checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn named_indexes_replace_the_columns_index_of_their_sort() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    client.put("t", vec![batch(&random_rows("n", 400, DIM), DIM)]).await.unwrap();
+    let built = |progress: Vec<IndexProgress>| {
+        let index = progress.last().unwrap().index.clone().unwrap();
+        (index.name, index.index_type)
+    };
+    let listed = |d: hyprstream_client::proto::TableDescription| {
+        let mut names: Vec<(String, String)> = d.indexes.into_iter().map(|i| (i.name, i.columns.join(","))).collect();
+        names.sort();
+        names
+    };
+    let first = create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_flat"})).await;
+    assert_eq!(built(first), ("embedding_idx".to_string(), "IVF_FLAT".to_string()));
+    create_index(&mut client, serde_json::json!({"table": "t", "type": "btree", "column": "id", "name": "by_id"})).await;
+    let second = create_index(&mut client, serde_json::json!({"table": "t", "type": "ivf_pq", "name": "second"})).await;
+    assert_eq!(built(second), ("second".to_string(), "IVF_PQ".to_string()));
+    let described = client.describe_table("t").await.unwrap();
+    assert_eq!(listed(described), vec![("by_id".to_string(), "id".to_string()), ("second".to_string(), "embedding".to_string())]);
+    // The new index answers.
+    let q = random_vector(DIM);
+    assert_eq!(client.query(&Query { nprobes: Some(4), ..ann("t", q, 5) }).await.unwrap().num_rows(), 5);
+
+    let before = client.describe_table("t").await.unwrap().version;
+    assert_status(
+        client.action_raw("create_index", serde_json::json!({"table": "t", "type": "bitmap", "column": "data_type", "name": "second"}).to_string()).await,
+        Code::AlreadyExists,
+        "index 'second' already exists on column 'embedding'",
+    );
+    for name in ["", "../x", "a/b", &"n".repeat(65)] {
+        assert_status(
+            client.action_raw("create_index", serde_json::json!({"table": "t", "type": "ivf_flat", "name": name}).to_string()).await,
+            Code::InvalidArgument,
+            "invalid index name",
+        );
+    }
+    assert_eq!(client.describe_table("t").await.unwrap().version, before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_index_requests_are_refused() {
     let server = Server::start();

@@ -6,7 +6,7 @@ use hyprstream_proto::columns::EMBEDDING;
 use hyprstream_proto::{IndexInfo, Metric, OptimizeSummary};
 use lance_linalg::distance::DistanceType;
 
-use super::{table_dim, table_metric, validate_table_name, TableService};
+use super::{table_dim, table_metric, validate_name, validate_table_name, TableService};
 use crate::error::{Error, Result};
 use crate::store::{dataset_schema, IndexSpec};
 
@@ -100,14 +100,37 @@ impl TableService {
         if (req.m.is_some() || req.ef_construction.is_some()) && !req.kind.is_hnsw() {
             return Err(Error::invalid("m and ef_construction apply to ivf_hnsw_sq and ivf_hnsw_flat only"));
         }
+        // Lance's own default name, made explicit so the built index can be found by it.
+        let name = req.name.clone().unwrap_or_else(|| format!("{column}_idx"));
+        validate_name("index", &name)?;
+        let existing = self.store().indexes(&dataset).await?;
+        if let Some(other) = existing.iter().find(|i| i.name == name && i.columns.first() != Some(&column)) {
+            return Err(Error::already_exists(format!(
+                "index '{name}' already exists on column '{}': choose another \"name\"",
+                other.columns.join(", ")
+            )));
+        }
         tracing::info!(table = %req.table, column = %column, kind = ?req.kind, rows, "building index");
-        let dataset = self.store().create_index(&req.table, dataset, &column, req.name.clone(), &spec).await?;
+        let mut dataset = self.store().create_index(&req.table, dataset, &column, Some(name.clone()), &spec).await?;
+        // One vector index and one scalar index per column: the new one replaces the column's
+        // index of its sort under any other name (only once it is built, so a failed build
+        // leaves the old one in place).
+        let mut replaced: Vec<&str> = existing
+            .iter()
+            .filter(|i| i.name != name && i.columns.first() == Some(&column) && i.vector == req.kind.is_vector())
+            .map(|i| i.name.as_str())
+            .collect();
+        replaced.sort_unstable();
+        replaced.dedup();
+        for old in replaced {
+            dataset = self.store().drop_index(&req.table, dataset, old).await?;
+        }
         let index = self
             .store()
             .indexes(&dataset)
             .await?
             .into_iter()
-            .find(|i| i.columns.first() == Some(&column))
+            .find(|i| i.name == name)
             .map(|i| IndexInfo { name: i.name, columns: i.columns, index_type: i.index_type })
             .ok_or_else(|| Error::internal("index built but not listed"))?;
         let seconds = started.elapsed().as_secs_f64();

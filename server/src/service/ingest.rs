@@ -51,7 +51,7 @@ fn stored_field(field: &Field, dim: Option<usize>) -> Result<Field> {
                 DataType::FixedSizeList(item, _) | DataType::List(item) | DataType::LargeList(item) => item,
                 _ => return Err(bad("fixed_size_list<float32>[dim] (or list<float32>)")),
             };
-            if !matches!(item.data_type(), DataType::Float32 | DataType::Float64 | DataType::Float16) {
+            if !is_float(item.data_type()) {
                 return Err(bad("a list of float32"));
             }
             let dim = dim.ok_or_else(|| {
@@ -72,10 +72,7 @@ fn stored_field(field: &Field, dim: Option<usize>) -> Result<Field> {
             Field::new(DATA_TYPE, DataType::Utf8, true)
         }
         RAW_DATA => {
-            if !matches!(
-                field.data_type(),
-                DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            ) {
+            if !is_bytes(field.data_type()) {
                 return Err(bad("binary or large_binary"));
             }
             raw_data_field()
@@ -119,6 +116,16 @@ pub fn multimodal_schema(dim: usize) -> Schema {
 
 fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// What `raw_data` takes: bytes, or text stored as its UTF-8 bytes.
+fn is_bytes(t: &DataType) -> bool {
+    is_string(t) || matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
+}
+
+/// What an `embedding` list may hold (cast to float32 on the way in).
+fn is_float(t: &DataType) -> bool {
+    matches!(t, DataType::Float32 | DataType::Float64 | DataType::Float16)
 }
 
 /// Lance hands JSON columns back as JSONB (`lance.json` on large_binary) in some paths.
@@ -248,7 +255,7 @@ fn convert_column(input: &Field, column: &ArrayRef, target: &Field) -> Result<Ar
             }
             let compatible = match name {
                 ID | DATA_TYPE | METADATA => is_string(column.data_type()) && is_string(target.data_type()),
-                RAW_DATA => true,
+                RAW_DATA => is_bytes(column.data_type()),
                 _ => false,
             };
             if !compatible {
@@ -301,6 +308,12 @@ fn convert_embedding(input: &Field, column: &ArrayRef, target: &Field) -> Result
             )))
         }
     };
+    if !is_float(values.data_type()) {
+        return Err(Error::invalid(format!(
+            "column 'embedding' holds {} values, expected a list of float32 ({dim} per row)",
+            values.data_type()
+        )));
+    }
     let values = cast(&values, &DataType::Float32).map_err(|e| Error::invalid(format!("column 'embedding': {e}")))?;
     let values = values.as_primitive::<arrow::datatypes::Float32Type>();
     let mut flat = Vec::with_capacity(column.len() * dim);
@@ -359,7 +372,7 @@ fn check_rows(batch: &RecordBatch, seen: &mut HashSet<String>) -> Result<()> {
     if let Some(column) = batch.column_by_name(METADATA) {
         for (row, value) in column.as_string::<i32>().iter().enumerate() {
             if let Some(text) = value {
-                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                if let Err(e) = check_json(text) {
                     return Err(Error::invalid(format!(
                         "column 'metadata': row {row} (id '{}') is not valid JSON: {e}",
                         ids.value(row)
@@ -463,5 +476,102 @@ mod tests {
             vec![Arc::new(StringArray::from(vec!["a"])), Arc::new(StringArray::from(vec!["x"]))],
         );
         assert!(prepare(&s, b, Some(&table)).unwrap_err().message.contains("'pages' is not in the table"));
+    }
+}
+
+/// Deepest nesting of arrays and objects a metadata value may have. Lance's JSONB encoder
+/// recurses once per level (thousands of levels overflowed the server's stack), and readers
+/// such as serde_json stop at 128.
+const MAX_JSON_DEPTH: usize = 64;
+
+/// Checks that `text` is one JSON value that Lance's JSONB column stores as sent: nested at
+/// most `MAX_JSON_DEPTH` levels, no key twice in one object (JSONB refuses it), numbers within
+/// f64 (JSONB would store an overflowing one as null) and no lone UTF-16 surrogates (serde_json
+/// refuses both of those).
+fn check_json(text: &str) -> std::result::Result<(), serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+
+    struct Value {
+        depth: usize,
+    }
+    impl<'de> DeserializeSeed<'de> for Value {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+    impl Value {
+        fn nested<E: serde::de::Error>(&self) -> std::result::Result<Value, E> {
+            match self.depth < MAX_JSON_DEPTH {
+                true => Ok(Value { depth: self.depth + 1 }),
+                false => Err(E::custom(format!("nested deeper than {MAX_JSON_DEPTH} levels"))),
+            }
+        }
+    }
+    impl<'de> Visitor<'de> for Value {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<(), E> {
+            match v.is_finite() {
+                true => Ok(()),
+                false => Err(E::custom("number out of range")),
+            }
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> std::result::Result<(), A::Error> {
+            let inner = self.nested()?;
+            while items.next_element_seed(Value { depth: inner.depth })?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> std::result::Result<(), A::Error> {
+            let inner = self.nested()?;
+            let mut keys = HashSet::new();
+            while let Some(key) = entries.next_key::<String>()? {
+                if !keys.insert(key.clone()) {
+                    return Err(A::Error::custom(format!("key \"{key}\" appears twice in one object")));
+                }
+                entries.next_value_seed(Value { depth: inner.depth })?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    Value { depth: 0 }.deserialize(&mut deserializer)?;
+    deserializer.end()
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn metadata_json_is_checked_as_lance_stores_it() {
+        assert!(check_json(r#"{"chapter": 2, "tags": ["a", {"b": null}], "x": 1.5e10}"#).is_ok());
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_json(&nested(MAX_JSON_DEPTH)).is_ok());
+        assert!(check_json(&nested(MAX_JSON_DEPTH + 1)).unwrap_err().to_string().contains("nested deeper than 64"));
+        assert!(check_json(&nested(100_000)).is_err());
+        assert!(check_json(r#"{"x": 1, "x": 2}"#).unwrap_err().to_string().contains("\"x\" appears twice"));
+        assert!(check_json(r#"{"x": 1e400}"#).is_err());
+        assert!(check_json(r#"{"x": "\ud800"}"#).is_err());
+        assert!(check_json(r#"{"x": 1} trailing"#).is_err());
+        assert!(check_json("").is_err());
     }
 }

@@ -46,6 +46,11 @@ pub struct TableService {
 
 /// Table names: `^[A-Za-z_][A-Za-z0-9_]{0,63}$`, so a name is always a safe directory name.
 pub fn validate_table_name(name: &str) -> Result<()> {
+    validate_name("table", name)
+}
+
+/// Names of tables and indexes: 1-64 characters A-Z, a-z, 0-9 or _, not starting with a digit.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let mut chars = name.chars();
     let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -54,7 +59,7 @@ pub fn validate_table_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid table name '{name}': use 1-64 characters A-Z, a-z, 0-9 or _, not starting with a digit"
+            "invalid {what} name '{name}': use 1-64 characters A-Z, a-z, 0-9 or _, not starting with a digit"
         )))
     }
 }
@@ -69,7 +74,8 @@ pub fn table_embedding_model(schema: &Schema) -> Option<String> {
     schema.metadata().get(EMBEDDING_MODEL).cloned()
 }
 
-/// `create_table` and `drop_table` leave the `models` table to the model actions.
+/// `create_table`, `drop_table` and `delete` leave the `models` table to the model actions (a
+/// deleted row would be a model missing a layer).
 fn refuse_models_table(name: &str) -> Result<()> {
     if name == MODELS_TABLE {
         return Err(Error::invalid(format!(
@@ -231,6 +237,7 @@ impl TableService {
 
     pub async fn delete(&self, req: Delete) -> Result<DeleteSummary> {
         validate_table_name(&req.table)?;
+        refuse_models_table(&req.table)?;
         if req.filter.trim().is_empty() {
             return Err(Error::invalid("delete needs a non-empty filter (use \"true\" to delete every row)"));
         }

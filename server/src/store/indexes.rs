@@ -33,7 +33,7 @@ use lance_index::vector::flat::index::FlatQuantizer;
 use lance_index::vector::pq::ProductQuantizer;
 use lance_index::vector::storage::VectorStore;
 
-use super::{lance_error, lance_query_error, Store};
+use super::{check_filter, lance_error, lance_query_error, Store};
 use crate::error::{Error, Result};
 
 /// What to build, already validated by the domain.
@@ -345,6 +345,7 @@ impl Store {
         scanner.with_row_id();
         scanner.project(&["_distance"]).map_err(lance_error)?;
         if let Some(filter) = &q.filter {
+            check_filter(filter)?;
             scanner.filter(filter).map_err(|e| lance_query_error(e, filter))?;
             scanner.prefilter(true);
         }

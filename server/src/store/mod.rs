@@ -52,6 +52,8 @@ pub struct IndexEntry {
     pub name: String,
     pub columns: Vec<String>,
     pub index_type: String,
+    /// A vector index (else a scalar one).
+    pub vector: bool,
 }
 
 pub struct Store {
@@ -237,6 +239,7 @@ impl Store {
 
     /// Deletes the rows matching `filter`; returns how many and the new dataset.
     pub async fn delete(&self, table: &str, mut dataset: Dataset, filter: &str) -> Result<(u64, Dataset)> {
+        check_filter(filter)?;
         let result = dataset.delete(filter).await.map_err(|e| lance_query_error(e, filter))?;
         let dataset = Arc::try_unwrap(result.new_dataset).unwrap_or_else(|d| (*d).clone());
         self.remember(table, &dataset);
@@ -262,6 +265,13 @@ impl Store {
             .map_err(|e| Error::internal(format!("cannot remove table '{table}': {e}")))
     }
 
+    /// Drops the index `name`; returns the new dataset version.
+    pub async fn drop_index(&self, table: &str, mut dataset: Dataset, name: &str) -> Result<Dataset> {
+        dataset.drop_index(name).await.map_err(lance_error)?;
+        self.remember(table, &dataset);
+        Ok(dataset)
+    }
+
     pub async fn versions(&self, dataset: &Dataset) -> Result<Vec<lance::dataset::Version>> {
         let mut versions = dataset.versions().await.map_err(lance_error)?;
         versions.sort_by_key(|v| v.version);
@@ -269,6 +279,9 @@ impl Store {
     }
 
     pub async fn count_rows(&self, dataset: &Dataset, filter: Option<String>) -> Result<u64> {
+        if let Some(f) = &filter {
+            check_filter(f)?;
+        }
         let f = filter.clone();
         dataset
             .count_rows(filter)
@@ -289,6 +302,7 @@ impl Store {
             let columns: Vec<String> =
                 index.fields.iter().filter_map(|id| schema.field_by_id(*id).map(|f| f.name.clone())).collect();
             let details = index.index_details.as_ref().map(|d| d.type_url.rsplit('.').next().unwrap_or_default());
+            let vector = details == Some("VectorIndexDetails");
             let index_type = match (details, columns.first()) {
                 // Every vector index has the same details message; the opened index knows
                 // its kind (IVF_PQ, IVF_HNSW_SQ, …).
@@ -299,7 +313,7 @@ impl Store {
                 }
                 (details, _) => details.unwrap_or_default().to_string(),
             };
-            entries.push(IndexEntry { name: index.name.clone(), columns, index_type });
+            entries.push(IndexEntry { name: index.name.clone(), columns, index_type, vector });
         }
         Ok(entries)
     }
@@ -333,6 +347,7 @@ impl Store {
             scanner.project(columns).map_err(|e| Error::invalid(format!("columns: {}", short(&e))))?;
         }
         if let Some(filter) = &spec.filter {
+            check_filter(filter)?;
             scanner.filter(filter).map_err(|e| lance_query_error(e, filter))?;
         }
         if let Some(limit) = spec.limit {
@@ -350,7 +365,15 @@ impl Store {
         };
         let schema = scanner.schema().await.map_err(query_error)?;
         let stream = scanner.try_into_stream().await.map_err(query_error)?;
-        let stream = stream.map_err(lance_error).and_then(|batch| async move { client_batch(batch) });
+        // A filter can also fail on the rows it meets (a division by zero, an overflow): that
+        // is still the filter's error, not the server's.
+        let filter = spec.filter.clone();
+        let stream = stream
+            .map_err(move |e| match &filter {
+                Some(f) => lance_query_error(e, f),
+                None => lance_error(e),
+            })
+            .and_then(|batch| async move { client_batch(batch) });
         Ok((Arc::new(client_schema(&schema)), stream.boxed()))
     }
 
@@ -387,6 +410,26 @@ impl Store {
 
 /// A Lance error raised while planning a user's filter: almost always the filter itself, so
 /// anything but a storage (I/O) or not-found failure is reported as the filter's fault.
+/// Lance parses a filter as one SQL expression and ignores whatever follows a `;` ("true;
+/// garbage" selects every row): refused instead, so a filter means what it says.
+fn check_filter(filter: &str) -> Result<()> {
+    let mut quote: Option<char> = None;
+    for c in filter.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, ';') => {
+                return Err(Error::invalid(format!(
+                    "invalid filter '{filter}': a filter is one SQL expression; remove the ';' and what follows it"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn lance_query_error(e: lance::Error, filter: &str) -> Error {
     use crate::error::ErrorKind;
     let mapped = lance_error(e);
