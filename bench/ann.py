@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import REPO, THREADS, b64, machine, put_vectors, start_server  # noqa: E402
+from bench import REPO, THREADS, b64, machine, put_table, start_server  # noqa: E402
 
 K = 10
 EFS = [10, 20, 40, 60, 80, 120, 160, 240, 320]
@@ -98,6 +98,17 @@ DELETED = 100
 AFTER_DELETE_EF = 120
 
 
+# Filtered searches, at AFTER_DELETE_EF: a filter admitting most rows (the graph walk skips
+# the others) and one admitting few (ranked exactly). Both engines get the same SQL over a
+# column `n` = row number; recall is against the exact top-k of the admitted rows.
+FILTERS = [("80 % of rows admitted", "n % 5 <> 0", lambda n: n % 5 != 0), ("5 % admitted", "n % 20 = 0", lambda n: n % 20 == 0)]
+
+
+def filtered_truth(data, queries, admits):
+    rows = np.nonzero(admits(np.arange(len(data))))[0]
+    return [[int(rows[j]) for j in hits] for hits in truth(data[rows], queries)]
+
+
 def rows_to_delete(n_rows, exact):
     """DELETED row numbers that are in no query's exact top-k, so recall stays comparable."""
     rng = np.random.default_rng(5)
@@ -134,26 +145,32 @@ def bench_lancedb(data, queries, exact, tmp):
     import lancedb
 
     db = lancedb.connect(os.path.join(tmp, "lancedb"))
-    table = db.create_table("ann", pa.table({"id": np.arange(len(data)), "vector": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])}))
+    table = db.create_table("ann", pa.table({"id": np.arange(len(data)), "n": np.arange(len(data)), "vector": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])}))
     t = time.perf_counter()
     table.create_index(metric="cosine", index_type="IVF_HNSW_SQ", num_partitions=partitions(len(data)), m=M, ef_construction=EF_CONSTRUCTION)
     build = time.perf_counter() - t
     np_ = partitions(len(data))
 
-    def search(q, ef):
-        # The same columns as ours answers: id and distance.
-        return table.search(q).metric("cosine").nprobes(np_).ef(ef).limit(K).select(["id", "_distance"]).to_arrow()["id"].to_pylist()
+    def searcher(where=None):
+        def search(q, ef):
+            # The same columns as ours answers: id and distance.
+            query = table.search(q).metric("cosine").nprobes(np_).ef(ef).limit(K)
+            if where:
+                query = query.where(where, prefilter=True)
+            return query.select(["id", "_distance"]).to_arrow()["id"].to_pylist()
+        return search
 
-    points = curve(search, queries, exact)
+    points = curve(searcher(), queries, exact)
+    filtered = [at_ef(searcher(sql), queries, filtered_truth(data, queries, admits)) for _, sql, admits in FILTERS]
     table.delete("id IN (" + ", ".join(str(i) for i in rows_to_delete(len(data), exact)) + ")")
-    return build, points, after_delete(search, queries, exact)
+    return build, points, at_ef(searcher(), queries, exact), filtered
 
 
-def after_delete(search, queries, exact):
-    """recall and p50 at AFTER_DELETE_EF once DELETED rows are gone (the index not rebuilt)."""
+def at_ef(search, queries, exact, ef=AFTER_DELETE_EF):
+    """recall and p50 at one ef (after deletes, or with a filter)."""
     saved = EFS[:]
     try:
-        EFS[:] = [AFTER_DELETE_EF]
+        EFS[:] = [ef]
         return curve(search, queries, exact)[0]
     finally:
         EFS[:] = saved
@@ -164,7 +181,9 @@ def bench_ours(data, queries, exact, tmp, kind, refines=(None,)):
     (build seconds, [points per refine])."""
     proc, c = start_server(os.path.join(tmp, "hs-" + kind))
     try:
-        put_vectors(c, "ann", data, chunk=50000)
+        rows = pa.table({"id": [str(i) for i in range(len(data))], "n": np.arange(len(data)),
+                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])})
+        put_table(c, "ann", rows, chunk=50000)
         t = time.perf_counter()
         body = {"table": "ann", "type": kind, "num_partitions": partitions(len(data)), "m": M, "ef_construction": EF_CONSTRUCTION}
         list(c.do_action(flight.Action("create_index", json.dumps(body).encode())))
@@ -175,20 +194,24 @@ def bench_ours(data, queries, exact, tmp, kind, refines=(None,)):
         # `refine` then re-ranks the shortlist there instead of reading vectors from Lance.
         c.do_get(flight.Ticket(json.dumps({"table": "ann", "vector": b64(queries[0]), "k": K, "columns": ["id"]}))).read_all()
 
-        def searcher(refine):
+        def searcher(refine, where=None):
             def search(q, ef):
                 ticket = {"table": "ann", "vector": b64(q), "k": K, "exact": False, "nprobes": np_, "ef": ef, "columns": ["id"]}
                 if refine:
                     ticket["refine"] = refine
+                if where:
+                    ticket["filter"] = where
                 return [int(i) for i in c.do_get(flight.Ticket(json.dumps(ticket))).read_all()["id"].to_pylist()]
             return search
 
         curves = [curve(searcher(r), queries, exact, min_ef=K * (r or 1)) for r in refines]
         floor = flight_floor(c)
+        truths = [filtered_truth(data, queries, admits) for _, _, admits in FILTERS]
+        filtered = [[at_ef(searcher(r, sql), queries, t) for (_, sql, _), t in zip(FILTERS, truths)] for r in refines]
         gone = "id IN (" + ", ".join(f"'{i}'" for i in rows_to_delete(len(data), exact)) + ")"
         list(c.do_action(flight.Action("delete", json.dumps({"table": "ann", "filter": gone}).encode())))
-        deleted = [after_delete(searcher(r), queries, exact) for r in refines]
-        return build, curves, floor, deleted
+        deleted = [at_ef(searcher(r), queries, exact) for r in refines]
+        return build, curves, floor, deleted, filtered
     finally:
         proc.terminate()
         proc.wait(30)
@@ -219,13 +242,14 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
             sq, flat = SQ + " via Flight", FLAT + " via Flight"
-            after = {}
+            after, filtered = {}, {}
             results["hnswlib HNSW"] = bench_hnswlib(data, queries, exact)
-            build, (plain, refined), floor, (after[sq], after[SQ_REFINED]) = bench_ours(data, queries, exact, tmp, "ivf_hnsw_sq", refines=(None, REFINE))
+            build, (plain, refined), floor, (after[sq], after[SQ_REFINED]), (filtered[sq], filtered[SQ_REFINED]) = bench_ours(
+                data, queries, exact, tmp, "ivf_hnsw_sq", refines=(None, REFINE))
             results[sq], results[SQ_REFINED] = (build, plain), (build, refined)
-            build, (plain,), _, (after[flat],) = bench_ours(data, queries, exact, tmp, "ivf_hnsw_flat")
+            build, (plain,), _, (after[flat],), (filtered[flat],) = bench_ours(data, queries, exact, tmp, "ivf_hnsw_flat")
             results[flat] = (build, plain)
-            build, points, after["LanceDB IVF_HNSW_SQ"] = bench_lancedb(data, queries, exact, tmp)
+            build, points, after["LanceDB IVF_HNSW_SQ"], filtered["LanceDB IVF_HNSW_SQ"] = bench_lancedb(data, queries, exact, tmp)
             results["LanceDB IVF_HNSW_SQ"] = (build, points)
             for engine, (build, points) in results.items():
                 print(name, engine, f"build {build:.1f}s", [(p["ef"], round(p["recall"], 3), round(p["p50_ms"], 2)) for p in points], flush=True)
@@ -253,6 +277,15 @@ def main():
         for engine, point in after.items():
             was = {p["ef"]: p for p in results[engine][1]}[AFTER_DELETE_EF]
             lines.append(f"| {engine} | {was['recall']:.3f} / {was['p50_ms']:.2f} | {point['recall']:.3f} / {point['p50_ms']:.2f} |")
+        lance_filtered = filtered["LanceDB IVF_HNSW_SQ"]
+        lines += ["", f"Filtered searches (the same SQL for both, prefiltered; recall against the exact top-{K} of the admitted rows), ef {AFTER_DELETE_EF}:", "",
+                  "| engine | " + " | ".join(f"`{sql}` ({what}): recall / p50 ms" for what, sql, _ in FILTERS) + " |", "|---|" + "---|" * len(FILTERS)]
+        for engine, points in filtered.items():
+            cells = []
+            for point, lance_point in zip(points, lance_filtered):
+                faster = "" if engine.startswith("LanceDB") else f" ({lance_point['p50_ms'] / point['p50_ms']:.1f}× faster than LanceDB)"
+                cells.append(f"{point['recall']:.3f} / {point['p50_ms']:.2f}{faster}")
+            lines.append(f"| {engine} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     out = os.path.join(REPO, "docs", "benchmarks.md")
