@@ -33,11 +33,23 @@ pub struct ServerConfig {
     pub device: ml::Device,
     /// Models imported at startup unless already stored: (name, Hugging Face directory).
     pub import_models: Vec<(String, PathBuf)>,
+    /// Most bytes of Arrow data one DoPut may carry (`--max-put-bytes`): a put is validated
+    /// whole and committed as one version, so it is held in memory until then.
+    pub max_put_bytes: usize,
 }
+
+/// Default `max_put_bytes`: 1M rows of 384-d vectors (1.5 GB) fit, with room for ids and text.
+pub const DEFAULT_MAX_PUT_BYTES: usize = 4 << 30;
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, addr: impl Into<String>) -> Self {
-        ServerConfig { data_dir: data_dir.into(), addr: addr.into(), device: ml::Device::Auto, import_models: Vec::new() }
+        ServerConfig {
+            data_dir: data_dir.into(),
+            addr: addr.into(),
+            device: ml::Device::Auto,
+            import_models: Vec::new(),
+            max_put_bytes: DEFAULT_MAX_PUT_BYTES,
+        }
     }
 }
 
@@ -77,7 +89,7 @@ pub async fn serve(
     let tables = Arc::new(TableService::new(store));
     import_startup_models(&tables, &config.import_models).await?;
     let auth: Arc<dyn Authenticator> = Arc::new(AllowAll);
-    let flight = FlightServiceServer::new(HyprstreamFlight::new(tables, auth))
+    let flight = FlightServiceServer::new(HyprstreamFlight::new(tables, auth, config.max_put_bytes))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 

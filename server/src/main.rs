@@ -21,6 +21,10 @@ struct Args {
     /// unless the `models` table already holds NAME (repeatable; env: comma-separated).
     #[arg(long = "import-model", env = "HYPRSTREAM_IMPORT_MODELS", value_delimiter = ',', value_parser = parse_import)]
     import_models: Vec<(String, PathBuf)>,
+    /// Most bytes of Arrow data one DoPut may carry (a put is held in memory until it commits
+    /// as one version): larger loads are split into several puts.
+    #[arg(long, env = "HYPRSTREAM_MAX_PUT_BYTES", default_value_t = hyprstream_server::DEFAULT_MAX_PUT_BYTES)]
+    max_put_bytes: usize,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HYPRSTREAM_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -37,7 +41,13 @@ fn main() {
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let config = ServerConfig { data_dir: args.data_dir, addr: args.addr, device: args.device, import_models: args.import_models };
+    let config = ServerConfig {
+        data_dir: args.data_dir,
+        addr: args.addr,
+        device: args.device,
+        import_models: args.import_models,
+        max_put_bytes: args.max_put_bytes,
+    };
     let result = runtime.block_on(serve(config, shutdown_signal(), |addr| {
         // One line on stdout that scripts and tests wait for.
         println!("hyprstream-server listening on {addr}");

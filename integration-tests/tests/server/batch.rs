@@ -32,6 +32,27 @@ fn check_batch(rows: &[Row], found: &Rows, queries: &[Vec<f32>], metric: &str, k
     assert_eq!(ids.len(), at, "{metric}: no rows beyond each query's k");
 }
 
+/// A batched search over large rows is read and sent in chunks of hits (memory: one chunk,
+/// not queries × k rows); the chunks together are the whole answer, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_search_over_large_rows_streams_in_chunks() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let mut rows = random_rows("big", 300, DIM);
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.raw = vec![i as u8; 20_000];
+    }
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    let queries: Vec<Vec<f32>> = (0..40).map(|_| random_vector(DIM)).collect();
+    let found = client.query(&Query::search_batch("t", queries.clone(), 40)).await.unwrap();
+    assert!(found.batches.len() >= 2, "1600 hits of 20 kB rows come in several batches, got {}", found.batches.len());
+    check_batch(&rows, &found, &queries, "cosine", 40, &|_| true);
+    let raw = found.batches.iter().flat_map(|b| b.column_by_name("raw_data").unwrap().as_binary::<i64>().iter().map(|v| v.unwrap().to_vec()).collect::<Vec<_>>());
+    for (id, bytes) in string_column(&found, "id").iter().zip(raw) {
+        assert_eq!(bytes, rows.iter().find(|r| &r.id == id).unwrap().raw, "{id}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn batched_search_equals_the_reference_for_every_metric_filter_and_version() {
     let server = Server::start();

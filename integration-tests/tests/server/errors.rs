@@ -154,6 +154,27 @@ async fn bad_puts_change_nothing() {
     assert_eq!(client.scan("t").await.unwrap().num_rows(), 10);
 }
 
+/// A put is held in memory until it commits: past `--max-put-bytes` it is refused as it
+/// arrives, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn puts_past_the_size_limit_are_refused_whole() {
+    let server = Server::start_args(&["--max-put-bytes", "1000000"]);
+    let mut client = server.client().await;
+    let before = fixture(&mut client).await;
+    let mut rows = random_rows("big", 200, DIM);
+    for row in &mut rows {
+        row.raw = vec![7; 10_000];
+    }
+    let batches: Vec<RecordBatch> = rows.chunks(20).map(|c| batch(c, DIM)).collect();
+    assert_status(client.put("t", batches).await, Code::ResourceExhausted, "split the rows into several puts");
+    unchanged(&mut client, before).await;
+    // The same rows in puts under the limit go in.
+    for part in rows.chunks(50) {
+        client.put("t", vec![batch(part, DIM)]).await.unwrap();
+    }
+    assert_eq!(client.describe_table("t").await.unwrap().rows, 210);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_actions_are_refused_precisely() {
     let server = Server::start();

@@ -25,11 +25,13 @@ type Stream<T> = BoxStream<'static, Result<T, Status>>;
 pub struct HyprstreamFlight {
     tables: Arc<TableService>,
     auth: Arc<dyn Authenticator>,
+    /// See `ServerConfig::max_put_bytes`.
+    max_put_bytes: usize,
 }
 
 impl HyprstreamFlight {
-    pub fn new(tables: Arc<TableService>, auth: Arc<dyn Authenticator>) -> Self {
-        HyprstreamFlight { tables, auth }
+    pub fn new(tables: Arc<TableService>, auth: Arc<dyn Authenticator>, max_put_bytes: usize) -> Self {
+        HyprstreamFlight { tables, auth, max_put_bytes }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -169,10 +171,24 @@ impl FlightService for HyprstreamFlight {
             .ok_or_else(|| Status::invalid_argument("DoPut stream is empty: send a schema message first"))?;
         let (table, mode) = parse_put_descriptor(first.flight_descriptor.as_ref()).map_err(to_status)?;
 
-        let data = stream::once(async { Ok(first) }).chain(messages.map_err(FlightError::from));
+        // Bytes as they arrive on the wire (a decoded batch's own size counts the message's
+        // shared buffer once per column).
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = received.clone();
+        let data = stream::once(async { Ok(first) }).chain(messages.map_err(FlightError::from)).inspect_ok(move |m: &FlightData| {
+            counter.fetch_add(m.data_body.len() + m.data_header.len(), std::sync::atomic::Ordering::Relaxed);
+        });
         let mut decoder = FlightRecordBatchStream::new_from_flight_data(data);
         let mut batches = Vec::new();
         while let Some(batch) = decoder.try_next().await.map_err(decode_error)? {
+            if received.load(std::sync::atomic::Ordering::Relaxed) > self.max_put_bytes {
+                // Refused before the whole stream is read: nothing was written.
+                return Err(Status::resource_exhausted(format!(
+                    "this put passed {} bytes (the server's --max-put-bytes) at batch {}: split the rows into several puts (each commits one version)",
+                    self.max_put_bytes,
+                    batches.len() + 1
+                )));
+            }
             batches.push(batch);
         }
         let schema = decoder

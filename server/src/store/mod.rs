@@ -376,36 +376,36 @@ impl Store {
             .and_then(|batch| async move { client_batch(batch) });
         Ok((Arc::new(client_schema(&schema)), stream.boxed()))
     }
+}
 
-    /// `columns` of the rows with these Lance row ids, in the given order. Blob columns are
-    /// read through Lance's blob files (a take returns only their descriptions).
-    pub async fn take_rows(&self, dataset: &Dataset, row_ids: &[u64], columns: &[String]) -> Result<Vec<arrow_array::ArrayRef>> {
-        let schema = dataset_schema(dataset);
-        let (blobs, plain): (Vec<&String>, Vec<&String>) =
-            columns.iter().partition(|c| schema.field_with_name(c).is_ok_and(is_blob));
-        let mut taken: std::collections::HashMap<&String, arrow_array::ArrayRef> = std::collections::HashMap::new();
-        if !plain.is_empty() {
-            let projection = lance::dataset::ProjectionRequest::from_columns(&plain, dataset.schema());
-            let batch = client_batch(dataset.take_rows(row_ids, projection).await.map_err(lance_error)?)?;
-            for c in &plain {
-                let column = batch.column_by_name(c).ok_or_else(|| Error::internal(format!("take lost column {c}")))?;
-                taken.insert(c, column.clone());
-            }
+/// `columns` of the rows with these Lance row ids, in the given order. Blob columns are
+/// read through Lance's blob files (a take returns only their descriptions).
+pub async fn take_rows(dataset: &Dataset, row_ids: &[u64], columns: &[String]) -> Result<Vec<arrow_array::ArrayRef>> {
+    let schema = dataset_schema(dataset);
+    let (blobs, plain): (Vec<&String>, Vec<&String>) =
+        columns.iter().partition(|c| schema.field_with_name(c).is_ok_and(is_blob));
+    let mut taken: std::collections::HashMap<&String, arrow_array::ArrayRef> = std::collections::HashMap::new();
+    if !plain.is_empty() {
+        let projection = lance::dataset::ProjectionRequest::from_columns(&plain, dataset.schema());
+        let batch = client_batch(dataset.take_rows(row_ids, projection).await.map_err(lance_error)?)?;
+        for c in &plain {
+            let column = batch.column_by_name(c).ok_or_else(|| Error::internal(format!("take lost column {c}")))?;
+            taken.insert(c, column.clone());
         }
-        let shared = Arc::new(dataset.clone());
-        for c in blobs {
-            let files = shared.take_blobs(row_ids, c.as_str()).await.map_err(lance_error)?;
-            let mut values = arrow_array::builder::LargeBinaryBuilder::new();
-            for file in files {
-                match file {
-                    Some(f) => values.append_value(f.read().await.map_err(lance_error)?),
-                    None => values.append_null(),
-                }
-            }
-            taken.insert(c, Arc::new(values.finish()));
-        }
-        columns.iter().map(|c| taken.remove(c).ok_or_else(|| Error::internal(format!("take lost column {c}")))).collect()
     }
+    let shared = Arc::new(dataset.clone());
+    for c in blobs {
+        let files = shared.take_blobs(row_ids, c.as_str()).await.map_err(lance_error)?;
+        let mut values = arrow_array::builder::LargeBinaryBuilder::new();
+        for file in files {
+            match file {
+                Some(f) => values.append_value(f.read().await.map_err(lance_error)?),
+                None => values.append_null(),
+            }
+        }
+        taken.insert(c, Arc::new(values.finish()));
+    }
+    columns.iter().map(|c| taken.remove(c).ok_or_else(|| Error::internal(format!("take lost column {c}")))).collect()
 }
 
 /// A Lance error raised while planning a user's filter: almost always the filter itself, so
