@@ -422,7 +422,8 @@ impl TableService {
     /// Whether an ANN search's filter admits under `EXACT_FILTER_SHARE` of the rows, and the
     /// in-memory engine holds this version to rank them exactly.
     async fn filter_is_selective(&self, plan: &Plan, search: &SearchPlan, q: &Query) -> Result<bool> {
-        let Some(filter) = &q.filter else { return Ok(false) };
+        // A pinned version is searched by Lance (the engine could move past it meanwhile).
+        let (Some(filter), None) = (&q.filter, q.version) else { return Ok(false) };
         let Some(engine) = self.loaded_engine(&q.table, &plan.dataset, search).await? else { return Ok(false) };
         let rows = engine.as_ref().map_or(0, |e| e.index.len());
         let admitted = self.store().admitted_rows(&plan.dataset, filter).await?;
@@ -437,11 +438,6 @@ impl TableService {
         // (k × refine candidates) there, and rows written since the index was built are
         // searched there exactly.
         let engine = self.loaded_engine(&q.table, &plan.dataset, search).await?;
-        // The filter's rows (once per version) let an HNSW index answer without the planner.
-        let admitted = match &q.filter {
-            Some(filter) => Some(self.store().admitted_rows(&plan.dataset, filter).await?),
-            None => None,
-        };
         // Lance's dot distance is 1 − q·x; the contract's is −q·x.
         let contract = |ids: Vec<u64>, distances: Vec<f32>| -> Vec<Neighbor> {
             ids.into_iter()
@@ -459,7 +455,6 @@ impl TableService {
                 k: search.k,
                 metric: super::indexes::distance_type(search.metric),
                 filter: q.filter.clone(),
-                admitted: admitted.clone(),
                 nprobes: q.nprobes,
                 ef: q.ef,
                 refine: q.refine,

@@ -56,9 +56,6 @@ pub struct AnnQuery {
     pub k: usize,
     pub metric: DistanceType,
     pub filter: Option<String>,
-    /// The rows `filter` admits, where the caller has them (`Store::admitted_rows`): with
-    /// them a filtered search of an HNSW index need not go through the planner.
-    pub admitted: Option<Arc<RowFilter>>,
     pub nprobes: Option<usize>,
     pub ef: Option<usize>,
     pub refine: Option<u32>,
@@ -180,27 +177,27 @@ impl Store {
     /// come back. (The planner prefilters instead, at a cost of every indexed row checked
     /// per query.)
     ///
-    /// A filter is taken here with its rows (`q.admitted`) by a one-partition HNSW index
-    /// admitting at least `MIN_GRAPH_FILTER_SHARE` of its rows, and no unindexed rows: a
-    /// graph walk that returns only admitted nodes (see `NodeMask`).
+    /// A filter is taken here by a one-partition HNSW index admitting at least
+    /// `MIN_GRAPH_FILTER_SHARE` of its rows, with no unindexed rows: a graph walk that returns
+    /// only admitted nodes (see `NodeMask`).
     ///
     /// With `with_unindexed`, rows written since the index was built are left to the caller:
     /// it gets the index's hits and the fragments it must search itself. Without, their
     /// presence means None (the planner searches them).
     pub async fn ann_search_indexed(&self, dataset: &Dataset, q: &AnnQuery, with_unindexed: bool) -> Result<Option<IndexedHits>> {
-        if q.refine.is_some() || (q.filter.is_some() && q.admitted.is_none()) {
+        if q.refine.is_some() {
             return Ok(None);
         }
         let Some(DirectIndex { index, deleted, unindexed, halve }) = self.index_facts(dataset, &q.column).await?.direct else { return Ok(None) };
         if index.metric_type() != q.metric || (!with_unindexed && !unindexed.is_empty()) {
             return Ok(None);
         }
-        let admitted = match &q.admitted {
+        let admitted = match &q.filter {
             None => None,
             // Rows put since the index was built are searched by the caller without a filter;
             // several partitions would each need their own mask: the planner answers those.
             Some(_) if !unindexed.is_empty() || index.total_partitions() != 1 => return Ok(None),
-            Some(rows) => match self.node_mask(dataset, &index, &q.column, q.filter.as_deref().unwrap_or_default(), rows).await? {
+            Some(filter) => match self.node_mask(dataset, &index, &q.column, filter).await? {
                 Some(mask) => Some(mask),
                 None => return Ok(None),
             },
@@ -258,7 +255,7 @@ impl Store {
             .collect();
         let mut found: Vec<(f32, u64)> = Vec::new();
         if let Some(mask) = &admitted {
-            found = mask.search(&index, &query)?;
+            found = mask.search(&index, &query).await?;
         } else if let [(partition, query)] = probes.as_slice() {
             found = probe_partition(&index, *partition, query).await?;
         } else {
@@ -465,18 +462,11 @@ const MIN_GRAPH_FILTER_SHARE: f64 = 0.1;
 /// Lance's HNSW search takes: the search walks the whole graph but returns only admitted
 /// nodes. This is Lance's own prefiltered HNSW search, without the per-query pass over every
 /// row id of the partition that builds the set (≈ 2 ms per 100k rows): the set is built once
-/// per (version, filter).
+/// per (version, filter). It holds the bits only (N / 8 bytes and 4 per admitted node); the
+/// partition itself stays in Lance's index cache.
 pub struct NodeMask {
-    partition: HnswPartition,
     /// Admitted nodes' bits set (Lance's bit set type; cloned per query, as a search consumes it).
     bits: VisitedGenerator,
-}
-
-/// The one partition of an IVF_HNSW_* index, for each quantisation Lance builds.
-enum HnswPartition {
-    Sq(Arc<PartitionEntry<HNSW, ScalarQuantizer>>),
-    Flat(Arc<PartitionEntry<HNSW, FlatQuantizer>>),
-    Pq(Arc<PartitionEntry<HNSW, ProductQuantizer>>),
 }
 
 thread_local! {
@@ -488,31 +478,42 @@ thread_local! {
 impl Store {
     /// The filter's node mask for `index` (cached per version), or None where the planner
     /// answers better: not an HNSW index, or too few rows admitted for a graph walk.
-    async fn node_mask(&self, dataset: &Dataset, index: &Arc<dyn VectorIndex>, column: &str, filter: &str, rows: &RowFilter) -> Result<Option<Arc<NodeMask>>> {
+    async fn node_mask(&self, dataset: &Dataset, index: &Arc<dyn VectorIndex>, column: &str, filter: &str) -> Result<Option<Arc<NodeMask>>> {
         let key = format!("{column}\u{0}{filter}");
-        if let Some(mask) = self.node_mask_cache.get(dataset, &key) {
+        if let Some(mask) = self.node_mask_cache.get(dataset, &key).filter(|_| !super::volatile_filter(filter)) {
             return Ok(mask);
         }
-        let metrics = lance_index::metrics::NoOpMetricsCollector;
-        let any = index.as_any();
-        let partition = if let Some(ivf) = any.downcast_ref::<IVFIndex<HNSW, ScalarQuantizer>>() {
-            HnswPartition::Sq(ivf.load_partition(0, true, &metrics).await.map_err(lance_error)?)
-        } else if let Some(ivf) = any.downcast_ref::<IVFIndex<HNSW, FlatQuantizer>>() {
-            HnswPartition::Flat(ivf.load_partition(0, true, &metrics).await.map_err(lance_error)?)
-        } else if let Some(ivf) = any.downcast_ref::<IVFIndex<HNSW, ProductQuantizer>>() {
-            HnswPartition::Pq(ivf.load_partition(0, true, &metrics).await.map_err(lance_error)?)
-        } else {
+        if !is_hnsw(index) {
             return Ok(None);
+        }
+        let rows = self.admitted_rows(dataset, filter).await?;
+        let bits = match hnsw_partition::<ScalarQuantizer>(index).await? {
+            Some(entry) => admitted_nodes(&entry.storage, &rows),
+            None => match hnsw_partition::<FlatQuantizer>(index).await? {
+                Some(entry) => admitted_nodes(&entry.storage, &rows),
+                None => match hnsw_partition::<ProductQuantizer>(index).await? {
+                    Some(entry) => admitted_nodes(&entry.storage, &rows),
+                    None => None,
+                },
+            },
         };
-        let bits = match &partition {
-            HnswPartition::Sq(entry) => admitted_nodes(&entry.storage, rows),
-            HnswPartition::Flat(entry) => admitted_nodes(&entry.storage, rows),
-            HnswPartition::Pq(entry) => admitted_nodes(&entry.storage, rows),
-        };
-        let mask = bits.map(|bits| Arc::new(NodeMask { partition, bits }));
+        let mask = bits.map(|bits| Arc::new(NodeMask { bits }));
         self.node_mask_cache.insert(dataset, &key, mask.clone());
         Ok(mask)
     }
+}
+
+fn is_hnsw(index: &Arc<dyn VectorIndex>) -> bool {
+    let any = index.as_any();
+    any.is::<IVFIndex<HNSW, ScalarQuantizer>>() || any.is::<IVFIndex<HNSW, FlatQuantizer>>() || any.is::<IVFIndex<HNSW, ProductQuantizer>>()
+}
+
+/// The one partition of an IVF_HNSW_* index quantised by `Q` (from Lance's index cache), or
+/// None for another index.
+async fn hnsw_partition<Q: Quantization + 'static>(index: &Arc<dyn VectorIndex>) -> Result<Option<Arc<PartitionEntry<HNSW, Q>>>> {
+    let Some(ivf) = index.as_any().downcast_ref::<IVFIndex<HNSW, Q>>() else { return Ok(None) };
+    let metrics = lance_index::metrics::NoOpMetricsCollector;
+    Ok(Some(ivf.load_partition(0, true, &metrics).await.map_err(lance_error)?))
 }
 
 /// The bit set of the nodes whose rows `rows` holds; None below `MIN_GRAPH_FILTER_SHARE`.
@@ -536,11 +537,16 @@ fn admitted_nodes(storage: &impl VectorStore, rows: &RowFilter) -> Option<Visite
 impl NodeMask {
     /// The admitted rows nearest to `query` (k of them where k are admitted): (Lance
     /// `_distance`, row id).
-    fn search(&self, index: &Arc<dyn VectorIndex>, query: &Query) -> Result<Vec<(f32, u64)>> {
-        match &self.partition {
-            HnswPartition::Sq(entry) => masked_search(index, entry, query, &self.bits),
-            HnswPartition::Flat(entry) => masked_search(index, entry, query, &self.bits),
-            HnswPartition::Pq(entry) => masked_search(index, entry, query, &self.bits),
+    async fn search(&self, index: &Arc<dyn VectorIndex>, query: &Query) -> Result<Vec<(f32, u64)>> {
+        if let Some(entry) = hnsw_partition::<ScalarQuantizer>(index).await? {
+            return masked_search(index, &entry, query, &self.bits);
+        }
+        if let Some(entry) = hnsw_partition::<FlatQuantizer>(index).await? {
+            return masked_search(index, &entry, query, &self.bits);
+        }
+        match hnsw_partition::<ProductQuantizer>(index).await? {
+            Some(entry) => masked_search(index, &entry, query, &self.bits),
+            None => Err(Error::internal("an HNSW node mask met another index")),
         }
     }
 }

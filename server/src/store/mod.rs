@@ -321,7 +321,8 @@ impl Store {
     /// The rows of `dataset` that `filter` admits (a search's prefilter), worked out once per
     /// version: a scan of the filter's columns costs milliseconds, a search far less.
     pub async fn admitted_rows(&self, dataset: &Dataset, filter: &str) -> Result<Arc<RowFilter>> {
-        if let Some(rows) = self.admitted_cache.get(dataset, filter) {
+        let volatile = volatile_filter(filter);
+        if let Some(rows) = self.admitted_cache.get(dataset, filter).filter(|_| !volatile) {
             return Ok(rows);
         }
         let spec = ScanSpec { filter: Some(filter.to_string()), columns: Some(Vec::new()), limit: None, with_row_id: true };
@@ -331,7 +332,9 @@ impl Store {
             ids.extend_from_slice(row_ids(&batch)?);
         }
         let rows = Arc::new(RowFilter::new(ids));
-        self.admitted_cache.insert(dataset, filter, rows.clone());
+        if !volatile {
+            self.admitted_cache.insert(dataset, filter, rows.clone());
+        }
         Ok(rows)
     }
 
@@ -410,6 +413,13 @@ pub async fn take_rows(dataset: &Dataset, row_ids: &[u64], columns: &[String]) -
 
 /// A Lance error raised while planning a user's filter: almost always the filter itself, so
 /// anything but a storage (I/O) or not-found failure is reported as the filter's fault.
+/// A filter over the clock or chance admits other rows each time: what it admits is not
+/// cached.
+fn volatile_filter(filter: &str) -> bool {
+    let lowered = filter.to_ascii_lowercase();
+    ["now(", "random(", "uuid(", "current_date", "current_time", "to_unixtime("].iter().any(|f| lowered.contains(f))
+}
+
 /// Lance parses a filter as one SQL expression and ignores whatever follows a `;` ("true;
 /// garbage" selects every row): refused instead, so a filter means what it says.
 fn check_filter(filter: &str) -> Result<()> {
@@ -418,7 +428,7 @@ fn check_filter(filter: &str) -> Result<()> {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
+            (None, '\'' | '"' | '`') => quote = Some(c),
             (None, ';') => {
                 return Err(Error::invalid(format!(
                     "invalid filter '{filter}': a filter is one SQL expression; remove the ';' and what follows it"
@@ -432,8 +442,10 @@ fn check_filter(filter: &str) -> Result<()> {
 
 fn lance_query_error(e: lance::Error, filter: &str) -> Error {
     use crate::error::ErrorKind;
+    // Reading the rows can fail too (a file gone or damaged): that is the server's failure.
+    let storage_failure = matches!(e, lance::Error::IO { .. } | lance::Error::CorruptFile { .. });
     let mapped = lance_error(e);
-    let storage_failure = mapped.kind == ErrorKind::Internal && mapped.message.contains("I/O");
+    let storage_failure = storage_failure || (mapped.kind == ErrorKind::Internal && mapped.message.contains("I/O"));
     match mapped.kind {
         ErrorKind::InvalidArgument | ErrorKind::Internal if !storage_failure => {
             Error::invalid(format!("invalid filter '{filter}': {}", mapped.message))
