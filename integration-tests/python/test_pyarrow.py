@@ -137,6 +137,27 @@ def test_errors_map_to_pyarrow_exceptions(server):
     assert get(c, {"table": "t"}).num_rows == 5
 
 
+def test_a_table_dropped_during_a_read_says_so(server):
+    """A scan still streaming when its table is dropped either finishes (its files were open)
+    or fails as NOT_FOUND saying the table was dropped, never with the server's file paths."""
+    c = flight.connect(server.url)
+    blob = os.urandom(1 << 20)
+    for part in range(4):
+        put(c, "big", pa.table({"id": [f"{part}-{i}" for i in range(40)], "raw_data": pa.array([blob] * 40, pa.large_binary())}))
+    reader = c.do_get(flight.Ticket(json.dumps({"table": "big"})))
+    rows = reader.read_chunk().data.num_rows
+    action(c, "drop_table", {"name": "big"})
+    try:
+        for chunk in reader:
+            rows += chunk.data.num_rows
+        assert rows == 160
+    except pa.ArrowException as e:
+        assert "the table was dropped while this read was in progress" in str(e), str(e)
+        assert ".lance" not in str(e), str(e)
+    # The server still serves.
+    assert action(c, "list_tables", {}) == [[]]
+
+
 def test_actions_and_listing(server):
     c = flight.connect(server.url)
     types = {a.type for a in c.list_actions()}

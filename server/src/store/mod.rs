@@ -370,9 +370,10 @@ impl Store {
         let stream = scanner.try_into_stream().await.map_err(query_error)?;
         // A filter can also fail on the rows it meets (a division by zero, an overflow): that
         // is still the filter's error, not the server's.
-        let filter = spec.filter.clone();
+        let (filter, uri) = (spec.filter.clone(), dataset.uri().to_string());
         let stream = stream
             .map_err(move |e| match &filter {
+                _ if dropped(&uri) => dropped_error(),
                 Some(f) => lance_query_error(e, f),
                 None => lance_error(e),
             })
@@ -384,6 +385,19 @@ impl Store {
 /// `columns` of the rows with these Lance row ids, in the given order. Blob columns are
 /// read through Lance's blob files (a take returns only their descriptions).
 pub async fn take_rows(dataset: &Dataset, row_ids: &[u64], columns: &[String]) -> Result<Vec<arrow_array::ArrayRef>> {
+    take_rows_of(dataset, row_ids, columns).await.map_err(|e| if dropped(dataset.uri()) { dropped_error() } else { e })
+}
+
+/// Whether the table at `uri` was dropped: the files of a read in progress are gone.
+fn dropped(uri: &str) -> bool {
+    !Path::new(uri).exists()
+}
+
+fn dropped_error() -> Error {
+    Error::not_found("the table was dropped while this read was in progress")
+}
+
+async fn take_rows_of(dataset: &Dataset, row_ids: &[u64], columns: &[String]) -> Result<Vec<arrow_array::ArrayRef>> {
     let schema = dataset_schema(dataset);
     let (blobs, plain): (Vec<&String>, Vec<&String>) =
         columns.iter().partition(|c| schema.field_with_name(c).is_ok_and(is_blob));
