@@ -26,6 +26,8 @@ struct Segment {
     sq_norms: Vec<f32>,
     live: Vec<bool>,
     live_count: usize,
+    /// Rows that have a vector (a row without one is never live).
+    valid: Vec<bool>,
 }
 
 impl Segment {
@@ -140,11 +142,21 @@ impl FlatIndex {
         }
         let sq_norms = if self.dim == 0 { vec![0.0; ids.len()] } else { vectors.chunks_exact(self.dim).map(|r| dot(r, r)).collect() };
         let live_count = live.iter().filter(|l| **l).count();
-        self.segments.insert(segment, Segment { ids, data: vectors, sq_norms, live, live_count });
+        let valid = live.clone();
+        self.segments.insert(segment, Segment { ids, data: vectors, sq_norms, live, live_count, valid });
     }
 
     pub fn remove_segment(&mut self, segment: u32) {
         self.segments.remove(&segment);
+    }
+
+    /// Whether `keep` (ascending) holds a row of `segment` that has a vector but is not live:
+    /// a row deleted earlier and live again (a table restored to an older version). Marking
+    /// rows dead cannot bring it back; the segment must be loaded again.
+    pub fn revives(&self, segment: u32, keep: &[u64]) -> bool {
+        let Some(s) = self.segments.get(&segment) else { return false };
+        let filter = RowFilter { allowed: keep.to_vec() };
+        filter.mask(&s.ids).iter().zip(s.live.iter().zip(&s.valid)).any(|(kept, (live, valid))| *kept && *valid && !*live)
     }
 
     /// Marks every row of `segment` whose id is not in `keep` (ascending) dead.

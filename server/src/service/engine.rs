@@ -173,26 +173,33 @@ async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usize, m
     }
     let (mut loaded, mut trimmed) = (0usize, 0usize);
     for (&id, &fragment) in &current {
-        match state.fragments.get(&id) {
-            Some(old) if old == fragment => {}
+        let reload = match state.fragments.get(&id) {
+            Some(old) if old == fragment => false,
             Some(old) if old.files == fragment.files && old.overlays == fragment.overlays => {
-                // Only the deletion vector changed: mark the rows it removed.
+                // Only the deletion vector changed: mark the rows it removed. If it brings
+                // rows back instead (a restore to an older version), load the fragment again:
+                // dead rows cannot be revived in place.
                 let live = fragment_row_ids(dataset, fragment).await?;
-                state.index.retain_in_segment(id, &live);
-                state.mirror(|g| g.retain_in_segment(id, &live));
-                trimmed += 1;
+                let revives = state.index.revives(id, &live);
+                if !revives {
+                    state.index.retain_in_segment(id, &live);
+                    state.mirror(|g| g.retain_in_segment(id, &live));
+                    trimmed += 1;
+                }
+                revives
             }
-            _ => {
-                let loaded_rows = fragment_vectors(dataset, fragment, dim).await?;
-                let FragmentRows { row_ids: ids, vectors, valid, keys } = loaded_rows;
-                state.mirror(|g| g.insert_segment(id, &ids, &vectors, &valid, dim));
-                match keys {
-                    Some(keys) => state.keys.insert(id, SegmentKeys { row_ids: ids.clone(), ids: keys }),
-                    None => state.keys.remove(&id),
-                };
-                state.index.insert_segment(id, ids, vectors, Some(valid));
-                loaded += 1;
-            }
+            _ => true,
+        };
+        if reload {
+            let loaded_rows = fragment_vectors(dataset, fragment, dim).await?;
+            let FragmentRows { row_ids: ids, vectors, valid, keys } = loaded_rows;
+            state.mirror(|g| g.insert_segment(id, &ids, &vectors, &valid, dim));
+            match keys {
+                Some(keys) => state.keys.insert(id, SegmentKeys { row_ids: ids.clone(), ids: keys }),
+                None => state.keys.remove(&id),
+            };
+            state.index.insert_segment(id, ids, vectors, Some(valid));
+            loaded += 1;
         }
         state.fragments.insert(id, fragment.clone());
     }

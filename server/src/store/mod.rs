@@ -430,8 +430,22 @@ async fn take_rows_of(dataset: &Dataset, row_ids: &[u64], columns: &[String]) ->
 /// A filter over the clock or chance admits other rows each time: what it admits is not
 /// cached.
 fn volatile_filter(filter: &str) -> bool {
+    // SQL lets spaces and comments sit between a function's name and its parenthesis.
     let lowered = filter.to_ascii_lowercase();
-    ["now(", "random(", "uuid(", "current_date", "current_time", "to_unixtime("].iter().any(|f| lowered.contains(f))
+    let (mut compact, mut rest) = (String::with_capacity(lowered.len()), lowered.as_str());
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
+        } else if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
+        } else {
+            if !c.is_whitespace() {
+                compact.push(c);
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    ["now(", "random(", "uuid(", "current_date", "current_time", "to_unixtime("].iter().any(|f| compact.contains(f))
 }
 
 /// Lance parses a filter as one SQL expression and ignores whatever follows a `;` ("true;
@@ -547,4 +561,26 @@ pub fn vector_block<'a>(batch: &'a RecordBatch, column: &str, dim: usize) -> Res
         matrix: &values.values()[start..start + list.len() * dim],
         valid: (0..list.len()).map(|i| list.is_valid(i)).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_over_the_clock_or_chance_are_volatile() {
+        for filter in ["random() < 0.5", "RANDOM ( ) < 0.5", "random\n() < 0.5", "random/**/() < 0.5", "random -- x\n() < 0.5", "ts < now ()", "d = current_date"] {
+            assert!(volatile_filter(filter), "{filter}");
+        }
+        for filter in ["id = 'r-1'", "json_get_int(metadata, 'chapter') = 2", "n % 5 <> 0"] {
+            assert!(!volatile_filter(filter), "{filter}");
+        }
+    }
+
+    #[test]
+    fn a_semicolon_is_refused_outside_quotes_only() {
+        assert!(check_filter("id = 'a;b' AND `c;d` = 1 AND \"e;f\" = 2").is_ok());
+        assert!(check_filter("true; DELETE FROM t").is_err());
+        assert!(check_filter("id = 'it''s'; true").is_err());
+    }
 }
