@@ -410,6 +410,11 @@ async fn named_indexes_replace_the_columns_index_of_their_sort() {
     // The new index answers.
     let q = random_vector(DIM);
     assert_eq!(client.query(&Query { nprobes: Some(4), ..ann("t", q, 5) }).await.unwrap().num_rows(), 5);
+    // `optimize` folds new rows in as another segment of the same index: still one entry.
+    client.put("t", vec![batch(&random_rows("m", 50, DIM), DIM)]).await.unwrap();
+    client.action_raw("optimize", serde_json::json!({"table": "t"}).to_string()).await.unwrap();
+    let described = client.describe_table("t").await.unwrap();
+    assert_eq!(listed(described), vec![("by_id".to_string(), "id".to_string()), ("second".to_string(), "embedding".to_string())]);
 
     let before = client.describe_table("t").await.unwrap().version;
     assert_status(

@@ -297,8 +297,12 @@ impl Store {
         use lance::index::DatasetIndexInternalExt;
         let indexes = dataset.load_indices().await.map_err(lance_error)?;
         let schema = dataset.schema();
-        let mut entries = Vec::with_capacity(indexes.len());
+        let mut entries: Vec<IndexEntry> = Vec::with_capacity(indexes.len());
         for index in indexes.iter() {
+            // `optimize` adds segments to an index (rows put since it was built): one entry each.
+            if entries.iter().any(|e| e.name == index.name) {
+                continue;
+            }
             let columns: Vec<String> =
                 index.fields.iter().filter_map(|id| schema.field_by_id(*id).map(|f| f.name.clone())).collect();
             let details = index.index_details.as_ref().map(|d| d.type_url.rsplit('.').next().unwrap_or_default());
