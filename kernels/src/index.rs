@@ -150,13 +150,16 @@ impl FlatIndex {
         self.segments.remove(&segment);
     }
 
-    /// Whether `keep` (ascending) holds a row of `segment` that has a vector but is not live:
-    /// a row deleted earlier and live again (a table restored to an older version). Marking
-    /// rows dead cannot bring it back; the segment must be loaded again.
+    /// Whether `keep` (ascending) holds a row that `segment` has with a vector but not live, or
+    /// does not have at all (it was loaded after the row's deletion): a row live again (a
+    /// table restored to an older version). Marking rows dead cannot bring it back; the
+    /// segment must be loaded again.
     pub fn revives(&self, segment: u32, keep: &[u64]) -> bool {
-        let Some(s) = self.segments.get(&segment) else { return false };
+        let Some(s) = self.segments.get(&segment) else { return !keep.is_empty() };
         let filter = RowFilter { allowed: keep.to_vec() };
-        filter.mask(&s.ids).iter().zip(s.live.iter().zip(&s.valid)).any(|(kept, (live, valid))| *kept && *valid && !*live)
+        let mask = filter.mask(&s.ids);
+        let held = mask.iter().filter(|k| **k).count();
+        held < keep.len() || mask.iter().zip(s.live.iter().zip(&s.valid)).any(|(kept, (live, valid))| *kept && *valid && !*live)
     }
 
     /// Marks every row of `segment` whose id is not in `keep` (ascending) dead.

@@ -441,6 +441,18 @@ async fn bad_index_requests_are_refused() {
     let call = |body: serde_json::Value| body.to_string();
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "nope", "type": "ivf_flat"}))).await, Code::NotFound, "nope");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_pq"}))).await, Code::InvalidArgument, "at least 256 rows");
+    // 300 rows, 60 without a vector: IVF_PQ trains on 240, too few (Lance would commit a broken
+    // index); a table without any vector has nothing to index.
+    let mut rows = random_rows("n", 300, DIM);
+    rows[..60].iter_mut().for_each(|r| r.embedding = None);
+    client.put("nulls", vec![batch(&rows, DIM)]).await.unwrap();
+    let nulls_before = client.describe_table("nulls").await.unwrap().version;
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "nulls", "type": "ivf_pq"}))).await, Code::InvalidArgument, "has 240");
+    rows.iter_mut().for_each(|r| r.embedding = None);
+    client.put("nulls", vec![batch(&rows, DIM)]).await.unwrap();
+    let nulls_before = nulls_before + 1;
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "nulls", "type": "ivf_flat"}))).await, Code::InvalidArgument, "0 rows with a vector");
+    assert_eq!(client.describe_table("nulls").await.unwrap().version, nulls_before);
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "btree"}))).await, Code::InvalidArgument, "needs \"column\"");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "annoy"}))).await, Code::InvalidArgument, "unknown variant");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "column": "data_type"}))).await, Code::InvalidArgument, "fixed_size_list");

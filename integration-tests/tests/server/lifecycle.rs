@@ -130,6 +130,50 @@ async fn searches_see_rows_a_restore_brings_back() {
     assert_eq!(string_column(&found, "id"), vec!["r-5"]);
     assert!(distances(&found)[0].abs() < 1e-5, "r-5 is back with its original vector");
     assert_eq!(all(&client.query(&search).await.unwrap()), ids);
+
+    // The engine first loaded after a delete never held the deleted rows: a restore must still
+    // bring them back.
+    let before = client.put("u", vec![batch(&rows, DIM)]).await.unwrap().version;
+    client.delete("u", "id = 'r-1' OR id = 'r-2'").await.unwrap();
+    let search = Query { columns: Some(vec!["id".into()]), ..Query::search("u", random_vector(DIM), 100) };
+    assert_eq!(client.query(&search).await.unwrap().num_rows(), 18);
+    client.restore("u", before).await.unwrap();
+    assert_eq!(all(&client.query(&search).await.unwrap()), ids, "rows deleted before the engine loaded, restored");
+}
+
+/// An overwrite replaces the schema, the metric it names included; an upsert or append that
+/// names another metric is refused, not silently ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn overwrite_can_change_the_metric_other_puts_cannot() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    client.create_table("t", DIM, hyprstream_client::proto::Metric::Dot).await.unwrap();
+    client.put("t", vec![batch(&random_rows("a", 5, DIM), DIM)]).await.unwrap();
+    let with_metric = |rows: &[Row], metric: &str| {
+        let b = batch(rows, DIM);
+        let schema = b.schema().as_ref().clone().with_metadata([("hyprstream.metric".to_string(), metric.to_string())].into());
+        arrow::array::RecordBatch::try_new(std::sync::Arc::new(schema), b.columns().to_vec()).unwrap()
+    };
+    let before = client.describe_table("t").await.unwrap().version;
+    assert_status(client.put("t", vec![with_metric(&random_rows("b", 2, DIM), "l2")]).await, tonic::Code::InvalidArgument, "cannot change its metric");
+    assert_status(
+        client.put_with_mode("t", PutMode::Append, vec![with_metric(&random_rows("b", 2, DIM), "cosine")]).await,
+        tonic::Code::InvalidArgument,
+        "an append cannot change its metric",
+    );
+    assert_eq!(client.describe_table("t").await.unwrap().version, before);
+    // The same metric named again is fine.
+    client.put("t", vec![with_metric(&random_rows("c", 1, DIM), "dot")]).await.unwrap();
+
+    let rows = random_rows("x", 6, DIM);
+    client.put_with_mode("t", PutMode::Overwrite, vec![with_metric(&rows, "l2")]).await.unwrap();
+    let described = client.describe_table("t").await.unwrap();
+    assert_eq!((described.rows, described.metric.as_str()), (6, "l2"));
+    // Searches now rank by squared euclidean distance.
+    let q = random_vector(DIM);
+    let found = client.search("t", q.clone(), 6).await.unwrap();
+    let want = brute_force(&rows, &q, "l2", 6, |_: &Row| true);
+    assert!((distances(&found)[0] as f64 - want[0].1).abs() < 1e-4, "{:?} vs {want:?}", distances(&found));
 }
 
 #[tokio::test(flavor = "multi_thread")]

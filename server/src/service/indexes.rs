@@ -45,7 +45,10 @@ impl TableService {
         let field = schema.field_with_name(&column).map_err(|_| {
             Error::invalid(format!("table '{}' has no column '{column}'", req.table))
         })?;
-        let rows = self.store().count_rows(&dataset, None).await? as usize;
+        // A vector index trains on the rows that have a vector (Lance's IVF_PQ build commits a
+        // broken index when fewer than 256 of them do, however many rows there are).
+        let counted = req.kind.is_vector().then(|| format!("`{column}` IS NOT NULL"));
+        let rows = self.store().count_rows(&dataset, counted).await? as usize;
         let spec = if req.kind.is_vector() {
             let dim = match field.data_type() {
                 arrow_schema::DataType::FixedSizeList(_, n) if column == EMBEDDING || table_dim(&schema).is_some() => *n as usize,
@@ -61,7 +64,7 @@ impl TableService {
             }
             if rows < partitions.max(2) {
                 return Err(Error::invalid(format!(
-                    "table '{}' has {rows} rows: too few to train {partitions} IVF partitions (exact search serves small tables)",
+                    "table '{}' has {rows} rows with a vector: too few to train {partitions} IVF partitions (exact search serves small tables)",
                     req.table
                 )));
             }
@@ -75,7 +78,7 @@ impl TableService {
                     }
                     if rows < 256 {
                         return Err(Error::invalid(format!(
-                            "ivf_pq trains 256 centroids per sub-vector: it needs at least 256 rows, table '{}' has {rows}",
+                            "ivf_pq trains 256 centroids per sub-vector: it needs at least 256 rows with a vector, table '{}' has {rows}",
                             req.table
                         )));
                     }

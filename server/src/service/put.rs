@@ -38,9 +38,10 @@ impl TableService {
                 PutSummary { embedded, not_embedded, ..written(table, rows, 0, &dataset) }
             }
             (PutMode::Overwrite, existing) => {
+                // An overwrite replaces the schema: a metric it names is the table's from now on.
                 let metric = match &existing {
-                    Some(d) => table_metric(&dataset_schema(d)),
-                    None => requested_metric(input)?,
+                    Some(d) if !input.metadata().contains_key(TABLE_METRIC) => table_metric(&dataset_schema(d)),
+                    _ => requested_metric(input)?,
                 };
                 let ingest = with_metric(ingest::prepare(input, batches, None)?, metric);
                 let rows = ingest.rows as u64;
@@ -58,6 +59,14 @@ impl TableService {
             }
             (mode, Some(dataset)) => {
                 let table_schema = dataset_schema(&dataset);
+                let metric = table_metric(&table_schema);
+                if input.metadata().contains_key(TABLE_METRIC) && requested_metric(input)? != metric {
+                    return Err(Error::invalid(format!(
+                        "table '{table}' ranks by {}; an {} cannot change its metric (an overwrite can)",
+                        metric.as_str(),
+                        if mode == PutMode::Append { "append" } else { "upsert" }
+                    )));
+                }
                 let ingest = ingest::prepare(input, batches, Some(&table_schema))?;
                 if ingest.rows == 0 {
                     return Ok(written(table, 0, 0, &dataset));
@@ -197,7 +206,8 @@ fn with_metric(mut ingest: Ingest, metric: Metric) -> Ingest {
     ingest.batches = ingest
         .batches
         .into_iter()
-        .map(|b| b.with_schema(schema.clone()).expect("only metadata differs"))
+        // The sent schema's metadata may name another metric: the columns are what is kept.
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).expect("same columns"))
         .collect();
     ingest.schema = schema;
     ingest
