@@ -536,10 +536,9 @@ impl TableService {
 
     /// The requested columns of the hit rows, queries in order and nearest first within each,
     /// with `_distance` (and `_query` for a batch), as `schema` (the plan's columns; its
-    /// metadata names the path that answered).
-    /// The result batches of a search: the hits' columns, `_distance` (and `_query` for a
-    /// batch). Rows are read chunk by chunk as the client takes the stream, so a batched search
-    /// over large rows (`raw_data`) holds one chunk in memory, not queries × k rows.
+    /// metadata names the path that answered). Rows are read chunk by chunk as the client
+    /// takes the stream, so a batched search over large rows (`raw_data`) holds one chunk in
+    /// memory, not queries × k rows.
     fn hit_rows(plan: &Plan, search: &SearchPlan, schema: &SchemaRef, ranked: Ranked) -> BatchStream {
         let hits: Vec<(u32, Neighbor)> =
             ranked.hits.into_iter().enumerate().flat_map(|(q, hits)| hits.into_iter().map(move |h| (q as u32, h))).collect();
