@@ -254,8 +254,9 @@ impl Store {
             .map(|i| (partitions.value(i) as usize, Query { dist_q_c: centroid_distances.value(i), ..query.clone() }))
             .collect();
         let mut found: Vec<(f32, u64)> = Vec::new();
-        if let Some(mask) = &admitted {
-            found = mask.search(&index, &query).await?;
+        if let (Some(mask), Some((_, query))) = (&admitted, probes.first()) {
+            // The one partition's query (with its centroid distance, as the unfiltered probe).
+            found = mask.search(&index, query).await?;
         } else if let [(partition, query)] = probes.as_slice() {
             found = probe_partition(&index, *partition, query).await?;
         } else {
