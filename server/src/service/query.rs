@@ -154,6 +154,10 @@ fn kernel_metric(metric: Metric) -> hyprstream_kernels::Metric {
     }
 }
 
+/// A search reading at most this many vector components (≈ 1 MiB of f32, tens of
+/// microseconds) runs on the request's own worker thread.
+const INLINE_SEARCH_FLOATS: usize = 1 << 18;
+
 impl TableService {
     /// `run`: the plan will be executed (`"text"` / `"texts"` are embedded); otherwise only
     /// its schema is wanted and the texts are checked but not embedded.
@@ -404,7 +408,11 @@ impl TableService {
             None => None,
             Some(f) => Some(self.store().admitted_rows(&dataset, &f).await?),
         };
-        let (hits, on_gpu) = tokio::task::block_in_place(|| state.search(&search.queries, search.k, row_filter.as_deref()));
+        let run = || state.search(&search.queries, search.k, row_filter.as_deref());
+        // Handing this worker's other tasks to another thread (block_in_place) costs tens of
+        // microseconds: more than a search of a small table takes.
+        let scanned = state.index.len() * search.dim() * search.queries.len();
+        let (hits, on_gpu) = if scanned <= INLINE_SEARCH_FLOATS { run() } else { tokio::task::block_in_place(run) };
         let ids = if ids_only { state.ids_of(hits.iter().flatten()) } else { None };
         Ok(Ranked { hits, dataset, path: if on_gpu { SearchPath::MemoryGpu } else { SearchPath::Memory }, ids })
     }
