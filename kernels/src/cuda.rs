@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-use crate::distance::{dot, Metric};
+use crate::distance::{dot, normalize, Metric};
 use crate::topk::{Neighbor, TopK};
 
 const SOURCE: &str = include_str!("../cuda/similarity.cu");
@@ -144,10 +144,7 @@ impl GpuIndex {
         let mut rows = vectors.to_vec();
         if self.metric == Metric::Cosine {
             for row in rows.chunks_exact_mut(self.dim) {
-                let norm = dot(row, row).sqrt();
-                if norm > 0.0 {
-                    row.iter_mut().for_each(|v| *v /= norm);
-                }
+                normalize(row);
             }
         }
         let norms = rows.chunks_exact(self.dim).map(|r| dot(r, r)).collect();
@@ -274,13 +271,10 @@ impl GpuIndex {
         let mut prepared = chunk.to_vec();
         let mut q_norms = Vec::with_capacity(q);
         for v in prepared.chunks_exact_mut(self.dim) {
-            let sq = dot(v, v);
-            if self.metric == Metric::Cosine && sq > 0.0 {
-                let norm = sq.sqrt();
-                v.iter_mut().for_each(|x| *x /= norm);
+            if self.metric == Metric::Cosine && normalize(v) > 0.0 {
                 q_norms.push(1.0f32);
             } else {
-                q_norms.push(sq);
+                q_norms.push(dot(v, v));
             }
         }
         if self.scores.len() < q * self.rows {

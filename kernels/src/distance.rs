@@ -23,9 +23,21 @@ pub struct PreparedQuery {
 }
 
 impl PreparedQuery {
-    pub fn new(metric: Metric, vector: Vec<f32>) -> Self {
-        let norm = dot(&vector, &vector).sqrt();
+    /// For cosine the vector is kept at unit length (its direction is all that counts, and a
+    /// unit vector keeps every product in range).
+    pub fn new(metric: Metric, mut vector: Vec<f32>) -> Self {
+        let norm = match metric {
+            Metric::Cosine if normalize(&mut vector) > 0.0 => 1.0,
+            Metric::Cosine => 0.0,
+            _ => norm(&vector),
+        };
         PreparedQuery { metric, vector, norm }
+    }
+
+    /// Whether this is a cosine query without a direction (a zero vector): every row is at
+    /// distance 1 from it.
+    pub fn is_zero_cosine(&self) -> bool {
+        self.metric == Metric::Cosine && self.norm == 0.0
     }
 
     pub fn dim(&self) -> usize {
@@ -122,6 +134,33 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// The euclidean norm |v|, also where `v · v` in f32 would overflow (components past ≈ 1e19)
+/// or underflow (below ≈ 1e-19): cosine ignores scale, so such vectors still have a
+/// direction to compare.
+pub fn norm(v: &[f32]) -> f32 {
+    let squares = dot(v, v);
+    if squares.is_normal() && squares < f32::MAX {
+        return squares.sqrt();
+    }
+    // Rare: the exact sum in f64 (its range covers every f32 squared).
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32
+}
+
+/// `v` scaled to unit length (left as it is when zero); returns its norm before.
+pub fn normalize(v: &mut [f32]) -> f32 {
+    let n = norm(v);
+    if n > 0.0 {
+        if n.is_finite() {
+            v.iter_mut().for_each(|x| *x /= n);
+        } else {
+            // |v| itself past f32 (components near f32::MAX): divide in f64.
+            let n = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+            v.iter_mut().for_each(|x| *x = (f64::from(*x) / n) as f32);
+        }
+    }
+    n
+}
+
 /// q · x
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -213,6 +252,23 @@ simd_kernels! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn norms_hold_outside_the_range_of_f32_squares() {
+        for scale in [1e-30f32, 1e-20, 1.0, 1e20, 1e30, f32::MAX / 4.0] {
+            let mut v = vec![3.0 * scale, 4.0 * scale, 0.0];
+            let expected = 5.0 * f64::from(scale);
+            assert!((f64::from(norm(&v)) - expected).abs() <= expected * 1e-6 || !expected.is_finite() || norm(&v).is_infinite());
+            normalize(&mut v);
+            assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "scale {scale}: {v:?}");
+        }
+        let mut zero = vec![0.0f32; 4];
+        assert_eq!(normalize(&mut zero), 0.0);
+        assert_eq!(zero, vec![0.0; 4]);
+        let q = PreparedQuery::new(Metric::Cosine, vec![1e-30, 0.0]);
+        assert!(q.distance(&[1.0, 0.0]).abs() < 1e-6);
+        assert!(PreparedQuery::new(Metric::Cosine, vec![0.0, 0.0]).is_zero_cosine());
+    }
 
     /// Every tier this CPU has (portable, AVX2, AVX-512) against float64, on lengths that
     /// leave tails of every size.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use crate::distance::{dot, squared_l2, Metric};
+use crate::distance::{dot, norm, normalize, squared_l2, Metric};
 use crate::topk::{Neighbor, TopK};
 
 /// Rows per parallel work item (≈ 1.5 MiB of f32 at dim 384: big enough to amortise
@@ -134,10 +134,7 @@ impl FlatIndex {
         let mut vectors = huge_page_copy(vectors);
         if self.dim > 0 && self.metric == Metric::Cosine {
             for row in vectors.chunks_exact_mut(self.dim) {
-                let norm = dot(row, row).sqrt();
-                if norm > 0.0 {
-                    row.iter_mut().for_each(|v| *v /= norm);
-                }
+                normalize(row);
             }
         }
         let sq_norms = if self.dim == 0 { vec![0.0; ids.len()] } else { vectors.chunks_exact(self.dim).map(|r| dot(r, r)).collect() };
@@ -192,10 +189,10 @@ impl FlatIndex {
     /// The query as rows are stored (unit length for cosine) and its original norm.
     fn prepare(&self, query: &[f32]) -> (Vec<f32>, f32) {
         let mut q = query.to_vec();
-        let q_norm = dot(&q, &q).sqrt();
-        if self.metric == Metric::Cosine && q_norm > 0.0 {
-            q.iter_mut().for_each(|v| *v /= q_norm);
-        }
+        let q_norm = match self.metric {
+            Metric::Cosine => normalize(&mut q),
+            _ => norm(&q),
+        };
         (q, q_norm)
     }
 
@@ -269,10 +266,10 @@ impl FlatIndex {
         let mut q = queries.to_vec();
         let mut q_norms = vec![0f32; nq];
         for (row, norm) in q.chunks_exact_mut(dim).zip(q_norms.iter_mut()) {
-            *norm = dot(row, row).sqrt();
-            if self.metric == Metric::Cosine && *norm > 0.0 {
-                row.iter_mut().for_each(|v| *v /= *norm);
-            }
+            *norm = match self.metric {
+                Metric::Cosine => normalize(row),
+                _ => crate::distance::norm(row),
+            };
         }
         let masks = self.masks(filter);
         let metric = self.metric;

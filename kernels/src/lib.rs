@@ -12,7 +12,7 @@ mod distance;
 mod index;
 mod topk;
 
-pub use distance::{dot, simd_tier, squared_l2, Metric, PreparedQuery, SimdTier};
+pub use distance::{dot, norm, normalize, simd_tier, squared_l2, Metric, PreparedQuery, SimdTier};
 pub use index::{position_in_sorted, FlatIndex, RowFilter};
 pub use topk::{Neighbor, TopK};
 

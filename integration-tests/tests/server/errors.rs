@@ -71,6 +71,20 @@ async fn bad_queries_are_invalid_argument_or_not_found() {
         Code::InvalidArgument,
         "unknown column 'nope'",
     );
+    // A column named twice: for scans and searches alike, before any row is read.
+    for query in [Query::scan("t"), Query::search("t", vec![1.0; DIM], 3)] {
+        let twice = Query { columns: Some(vec!["id".into(), "embedding".into(), "id".into()]), ..query };
+        assert_status(client.query(&twice).await, Code::InvalidArgument, "column 'id' is named twice");
+    }
+    // The search action answers fixed fields; it refuses `columns` rather than ignore it.
+    assert_status(
+        client.action_raw("search", r#"{"table": "t", "vector": [1, 0, 0, 0], "columns": ["n"]}"#).await,
+        Code::InvalidArgument,
+        "leave it out here, or search with DoGet",
+    );
+    // Tickets that are not a JSON object say what one looks like.
+    assert_status(raw_ticket(&mut client, "").await, Code::InvalidArgument, "the ticket is empty; a ticket is a JSON object");
+    assert_status(raw_ticket(&mut client, "[]").await, Code::InvalidArgument, "the ticket is not a JSON object");
     unchanged(&mut client, before).await;
 }
 

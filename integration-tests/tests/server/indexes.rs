@@ -1,5 +1,5 @@
 //! ANN and scalar indexes built through Lance, searched with `"exact": false`.
-use hyprstream_client::proto::{IndexProgress, OptimizeSummary, PutMode, Query};
+use hyprstream_client::proto::{IndexProgress, Metric, OptimizeSummary, PutMode, Query};
 use hyprstream_client::{HyprstreamClient, Rows};
 use tonic::Code;
 
@@ -470,4 +470,65 @@ async fn bad_index_requests_are_refused() {
     let found = client.query(&ann("small", random_vector(DIM), 3)).await.unwrap();
     assert_eq!(found.schema.metadata().get("hyprstream.search_path").map(String::as_str), Some("exact_cpu"));
     assert_eq!(found.num_rows(), 3);
+}
+
+/// What an index cannot answer as asked is answered exactly: a search in another metric than
+/// the index's (Lance would rank every row by it), and a cosine query without a direction (a
+/// zero vector, at distance 1 from every row). A cosine query's scale never matters, even
+/// where its squared length is outside float32; an l2 query's does, and one whose every
+/// distance would be infinite is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn searches_the_index_cannot_answer_are_exact_and_cosine_ignores_scale() {
+    let (_server, mut client, rows) = hnsw_table("z", "ivf_hnsw_flat").await;
+    let q = rows[7].embedding.clone().unwrap();
+
+    let zero = client.query(&Query { ef: Some(100), ..ann("t", vec![0.0; DIM], 5) }).await.unwrap();
+    assert_eq!(search_path(&zero), "exact_cpu");
+    assert_eq!(zero.num_rows(), 5);
+    assert!(distances(&zero).iter().all(|d| (d - 1.0).abs() < 1e-6), "{:?}", distances(&zero));
+
+    for scale in [1e-25f32, 1e25] {
+        let scaled: Vec<f32> = q.iter().map(|x| x * scale).collect();
+        for query in [Query::search("t", scaled.clone(), 3), Query { ef: Some(100), ..ann("t", scaled, 3) }] {
+            let found = client.query(&query).await.unwrap();
+            assert_eq!(string_column(&found, "id")[0], "z-7", "scale {scale}");
+            assert!(distances(&found)[0].abs() < 1e-5, "scale {scale}: {:?}", distances(&found));
+        }
+    }
+
+    let exact = client.query(&Query { metric: Some(Metric::L2), ..Query::search("t", q.clone(), 10) }).await.unwrap();
+    let other_metric = client.query(&Query { metric: Some(Metric::L2), ef: Some(100), ..ann("t", q.clone(), 10) }).await.unwrap();
+    assert_eq!(search_path(&other_metric), "exact_cpu");
+    assert_eq!(string_column(&other_metric, "id"), string_column(&exact, "id"));
+    assert_eq!(distances(&other_metric), distances(&exact));
+
+    let huge: Vec<f32> = q.iter().map(|x| x * 1e25).collect();
+    assert_status(client.query(&Query { metric: Some(Metric::L2), ..Query::search("t", huge, 3) }).await, Code::InvalidArgument, "past float32's range");
+}
+
+/// `optimize` folds rows put after an IVF_PQ index into it. Lance 14 merges them into a dot
+/// index with distances far too small (they took 195 of 200 result slots where their share is
+/// 40): the server retrains such an index instead, so later rows rank as fairly as the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn optimize_keeps_a_dot_pq_index_fair_to_rows_put_after_it() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    client.create_table("p", DIM, Metric::Dot).await.unwrap();
+    client.put_with_mode("p", PutMode::Append, vec![batch(&random_rows("early", 4000, DIM), DIM)]).await.unwrap();
+    create_index(&mut client, serde_json::json!({"table": "p", "type": "ivf_pq", "num_sub_vectors": 8})).await;
+    client.put_with_mode("p", PutMode::Append, vec![batch(&random_rows("late", 1000, DIM), DIM)]).await.unwrap();
+    let _: OptimizeSummary = client.action("optimize", &serde_json::json!({"table": "p"})).await.unwrap();
+    let (mut late, mut shared) = (0, 0);
+    for _ in 0..20 {
+        let q = random_vector(DIM);
+        let found = client.query(&Query { nprobes: Some(1000), ..ann("p", q.clone(), 10) }).await.unwrap();
+        assert_eq!(search_path(&found), "ann");
+        let ids = string_column(&found, "id");
+        late += ids.iter().filter(|id| id.starts_with("late-")).count();
+        let exact = client.search("p", q, 10).await.unwrap();
+        shared += ids.iter().filter(|id| string_column(&exact, "id").contains(id)).count();
+    }
+    // A fair share is 40 of 200 (1000 of 5000 rows); recall of 8 sub-vectors on random data ≈ 0.6.
+    assert!(late <= 80, "rows put after the index took {late} of 200 slots");
+    assert!(shared >= 80, "recall {:.2}", shared as f64 / 200.0);
 }

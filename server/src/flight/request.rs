@@ -39,7 +39,18 @@ struct TicketKind {
 }
 
 pub fn parse_ticket(bytes: &[u8]) -> Result<TicketRequest> {
-    let kind: TicketKind = parse_json("ticket", bytes)?;
+    const SHAPE: &str = "a ticket is a JSON object: {\"table\": T} scans a table, with \"vector\" it searches it (docs/protocol.md)";
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid(format!("the ticket is empty; {SHAPE}")));
+    }
+    let kind: TicketKind = match parse_json("ticket", bytes) {
+        Ok(kind) => kind,
+        // Not an object at all (`[]`, `"x"`): serde would name the internal type it wanted.
+        Err(_) if serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| !v.is_object()) => {
+            return Err(Error::invalid(format!("the ticket is not a JSON object; {SHAPE}")));
+        }
+        Err(e) => return Err(e),
+    };
     if kind.embed.is_some() {
         Ok(TicketRequest::Embed(parse_json::<EmbedTicket>("embed ticket", bytes)?.embed))
     } else {

@@ -35,6 +35,9 @@ pub struct TableEngine {
     pub gpu: Option<Mutex<GpuMirror>>,
     /// The table version the index reflects.
     pub version: u64,
+    /// That version's commit time: a table dropped and created again counts its versions from
+    /// 1 again, and the same number must not pass for the version this index reflects.
+    committed: u128,
     /// Each loaded fragment as it was when loaded (to see what changed).
     fragments: BTreeMap<u32, Fragment>,
     /// Each segment's `id` column (tables that have one).
@@ -50,7 +53,12 @@ impl TableEngine {
                 None
             }
         });
-        TableEngine { index: FlatIndex::new(dim, metric), gpu, version: 0, fragments: BTreeMap::new(), keys: HashMap::new() }
+        TableEngine { index: FlatIndex::new(dim, metric), gpu, version: 0, committed: 0, fragments: BTreeMap::new(), keys: HashMap::new() }
+    }
+
+    /// Whether the index holds exactly `dataset`'s rows (this version of this table).
+    pub fn reflects(&self, dataset: &Dataset) -> bool {
+        (self.version, self.committed) == crate::store::table_version(dataset)
     }
 
     /// The k nearest live rows (that `filter` admits) to each query, nearest first, and
@@ -138,8 +146,21 @@ impl Engines {
 /// only a search that finds it behind (or of another dim: the table was overwritten) takes
 /// the write lock and syncs it to `dataset`.
 pub async fn synced(slot: &EngineSlot, dataset: &Dataset, dim: usize, metric: KernelMetric) -> Result<OwnedRwLockReadGuard<Option<TableEngine>>> {
+    synced_with(slot, dataset, dim, metric, true).await
+}
+
+/// As `synced`, but the engine is brought to `dataset` itself even where it is past it: it
+/// may be of an earlier table of the same name, dropped and created again.
+pub async fn synced_exactly(slot: &EngineSlot, dataset: &Dataset, dim: usize, metric: KernelMetric) -> Result<OwnedRwLockReadGuard<Option<TableEngine>>> {
+    synced_with(slot, dataset, dim, metric, false).await
+}
+
+async fn synced_with(slot: &EngineSlot, dataset: &Dataset, dim: usize, metric: KernelMetric, newer_serves: bool) -> Result<OwnedRwLockReadGuard<Option<TableEngine>>> {
     let version = dataset.version().version;
-    let usable = |e: &Option<TableEngine>| e.as_ref().is_some_and(|e| e.version >= version && e.index.dim() == dim);
+    // One synced past `dataset` may serve (the caller then reads rows at the engine's version).
+    let usable = |e: &Option<TableEngine>| {
+        e.as_ref().is_some_and(|e| ((newer_serves && e.version > version) || e.reflects(dataset)) && e.index.dim() == dim)
+    };
     let engine = slot.clone().read_owned().await;
     if usable(&engine) {
         return Ok(engine);
@@ -155,7 +176,7 @@ pub async fn synced(slot: &EngineSlot, dataset: &Dataset, dim: usize, metric: Ke
 /// Brings `engine` to `dataset`'s version (building it on first use).
 async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usize, metric: KernelMetric) -> Result<()> {
     let version = dataset.version().version;
-    if engine.as_ref().is_some_and(|e| e.version == version) {
+    if engine.as_ref().is_some_and(|e| e.reflects(dataset) && e.index.dim() == dim) {
         return Ok(());
     }
     let state = engine.get_or_insert_with(|| TableEngine::new(dim, metric));
@@ -204,7 +225,7 @@ async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usize, m
         state.fragments.insert(id, fragment.clone());
     }
     tracing::debug!(version, loaded, trimmed, rows = state.index.len(), "search engine synced");
-    state.version = version;
+    (state.version, state.committed) = crate::store::table_version(dataset);
     Ok(())
 }
 

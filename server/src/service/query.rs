@@ -172,6 +172,9 @@ impl TableService {
                 if cols.is_empty() {
                     return Err(Error::invalid("columns is empty: name at least one column, or leave the key out for all"));
                 }
+                if let Some(twice) = cols.iter().enumerate().find_map(|(i, c)| cols[..i].contains(c).then_some(c)) {
+                    return Err(Error::invalid(format!("column '{twice}' is named twice in columns: name each column once")));
+                }
                 cols.clone()
             }
         };
@@ -230,6 +233,21 @@ impl TableService {
                         )));
                     }
                 }
+                let metric = q.metric.unwrap_or_else(|| table_metric(&table_schema));
+                if metric == Metric::L2 {
+                    // Past this, every squared distance from the query is infinite in float32.
+                    let (i, squares) = vectors
+                        .iter()
+                        .map(|v| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+                        .enumerate()
+                        .fold((0, 0.0), |best, (i, s)| if s > best.1 { (i, s) } else { best });
+                    if squares > f64::from(f32::MAX) {
+                        let name = if batched { format!("vectors[{i}]") } else { "vector".to_string() };
+                        return Err(Error::invalid(format!(
+                            "{name}'s squared length {squares:e} is past float32's range, so every l2 distance from it would be infinite: scale the vectors down (or search with metric cosine)"
+                        )));
+                    }
+                }
                 let k = q.k.unwrap_or(Query::DEFAULT_K);
                 if k == 0 || k > MAX_K {
                     return Err(Error::invalid(format!("k must be between 1 and {MAX_K}, got {k}")));
@@ -241,7 +259,6 @@ impl TableService {
                         vectors.len() * k
                     )));
                 }
-                let metric = q.metric.unwrap_or_else(|| table_metric(&table_schema));
                 fields.push(Field::new(DISTANCE, DataType::Float32, false));
                 if batched {
                     fields.push(Field::new(QUERY, DataType::UInt32, false));
@@ -250,14 +267,22 @@ impl TableService {
                     return Err(Error::invalid("\"nprobes\", \"ef\" and \"refine\" tune ANN searches: add \"exact\": false"));
                 }
                 validate_ann_knobs(q, k)?;
-                let path = if q.exact == Some(false) && self.store().has_vector_index(&dataset, EMBEDDING).await? {
+                let queries: Vec<PreparedQuery> = vectors.into_iter().map(|v| PreparedQuery::new(kernel_metric(metric), v)).collect();
+                // The index answers in its own metric only (Lance would rank every row by
+                // another), and a cosine query without a direction (a zero vector) is at
+                // distance 1 from every row: both are answered exactly. Text is embedded only
+                // when the query runs, so a planned text query counts as having a direction.
+                let directionless = queries.iter().any(PreparedQuery::is_zero_cosine) && (run || (q.text.is_none() && q.texts.is_none()));
+                let index_answers = q.exact == Some(false)
+                    && !directionless
+                    && self.store().vector_index_metric(&dataset, EMBEDDING).await? == Some(super::indexes::distance_type(metric));
+                let path = if index_answers {
                     SearchPath::Ann
                 } else if q.version.is_some() {
                     SearchPath::VersionScan
                 } else {
                     SearchPath::Memory
                 };
-                let queries = vectors.into_iter().map(|v| PreparedQuery::new(kernel_metric(metric), v)).collect();
                 Some(SearchPlan { queries, batched, metric, k, path })
             }
         };
@@ -398,12 +423,21 @@ impl TableService {
         ids_only: bool,
     ) -> Result<Ranked> {
         let slot = self.engines.slot(table, search.kernel_metric());
-        let engine = super::engine::synced(&slot, &dataset, search.dim(), search.kernel_metric()).await?;
-        let state = engine.as_ref().expect("synced");
-        if state.version != dataset.version().version {
-            // Another search synced it past the version we opened: read rows at its version.
-            dataset = self.store().dataset(table, Some(state.version)).await?;
+        let mut engine = super::engine::synced(&slot, &dataset, search.dim(), search.kernel_metric()).await?;
+        if !engine.as_ref().expect("synced").reflects(&dataset) {
+            // Another search synced it past the version we opened: read rows at its version,
+            // unless that is another table's (this name dropped and created again meanwhile):
+            // then the engine is brought to the table opened here.
+            let state = engine.as_ref().expect("synced");
+            match self.store().dataset(table, Some(state.version)).await {
+                Ok(newer) if state.reflects(&newer) => dataset = newer,
+                _ => {
+                    drop(engine);
+                    engine = super::engine::synced_exactly(&slot, &dataset, search.dim(), search.kernel_metric()).await?;
+                }
+            }
         }
+        let state = engine.as_ref().expect("synced");
         let row_filter = match filter {
             None => None,
             Some(f) => Some(self.store().admitted_rows(&dataset, &f).await?),
@@ -424,7 +458,7 @@ impl TableService {
         let engine = super::engine::synced(&slot, dataset, 0, hyprstream_kernels::Metric::Cosine).await?;
         let state = engine.as_ref().expect("synced");
         // Row ids name rows of one version; another version's map might not.
-        Ok(if state.version == dataset.version().version { state.ids_of(hits.iter().flatten()) } else { None })
+        Ok(if state.reflects(dataset) { state.ids_of(hits.iter().flatten()) } else { None })
     }
 
     /// Whether an ANN search's filter admits under `EXACT_FILTER_SHARE` of the rows, and the
@@ -512,8 +546,8 @@ impl TableService {
         let loaded = |e: &Option<TableEngine>| e.as_ref().is_some_and(|e| e.index.dim() == search.dim());
         let behind = match slot.clone().try_read_owned() {
             Ok(engine) if !loaded(&engine) => return Ok(None),
-            Ok(engine) if engine.as_ref().is_some_and(|e| e.version == dataset.version().version) => return Ok(Some(engine)),
-            Ok(engine) => engine.as_ref().is_some_and(|e| e.version < dataset.version().version),
+            Ok(engine) if engine.as_ref().is_some_and(|e| e.reflects(dataset)) => return Ok(Some(engine)),
+            Ok(engine) => engine.as_ref().is_some_and(|e| e.version <= dataset.version().version),
             // Being synced or loaded right now: not worth waiting for.
             Err(_) => return Ok(None),
         };
@@ -521,7 +555,7 @@ impl TableService {
             return Ok(None);
         }
         let engine = super::engine::synced(&slot, dataset, search.dim(), search.kernel_metric()).await?;
-        let usable = engine.as_ref().is_some_and(|e| e.version == dataset.version().version && e.index.dim() == search.dim());
+        let usable = engine.as_ref().is_some_and(|e| e.reflects(dataset) && e.index.dim() == search.dim());
         Ok(usable.then_some(engine))
     }
 
@@ -599,6 +633,11 @@ impl TableService {
         if !q.is_search() {
             return Err(Error::invalid(
                 "the search action needs a \"vector\" or \"vectors\" (or \"text\" / \"texts\" on a table with an embedding model)",
+            ));
+        }
+        if q.columns.is_some() {
+            return Err(Error::invalid(
+                "the search action answers id, distance, data_type and metadata; \"columns\" chooses a DoGet search's columns: leave it out here, or search with DoGet",
             ));
         }
         validate_table_name(&q.table)?;

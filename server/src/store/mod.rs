@@ -19,6 +19,7 @@ use hyprstream_kernels::RowFilter;
 mod cache;
 mod errors;
 mod indexes;
+pub use cache::{table_version, TableVersion};
 pub use errors::lance_error;
 pub use indexes::{AnnQuery, Compaction, IndexSpec, IndexedHits};
 
@@ -157,6 +158,8 @@ impl Store {
             builder = builder.with_version(v);
         }
         let dataset = builder.load().await.map_err(|e| match version {
+            // Dropped while it was being opened (its files went mid-read).
+            _ if !self.exists(table) => Error::not_found(format!("table '{table}' does not exist (it was dropped as this call opened it)")),
             // The table exists (checked above), so a missing manifest means a missing version.
             Some(v) if matches!(
                 e,
