@@ -59,7 +59,9 @@ impl PreparedQuery {
             Metric::L2 => squared_l2(&self.vector, row),
             Metric::Cosine => {
                 let (qx, xx) = dot_and_norm(&self.vector, row);
-                let denom = self.norm * xx.sqrt();
+                // A row beyond f32's squares (rare) still has a length: `norm` finds it.
+                let x_norm = if xx.is_normal() && xx < f32::MAX { xx.sqrt() } else { norm(row) };
+                let denom = self.norm * x_norm;
                 if denom > 0.0 {
                     1.0 - qx / denom
                 } else {

@@ -180,6 +180,10 @@ async fn sync(engine: &mut Option<TableEngine>, dataset: &Dataset, dim: usize, m
         return Ok(());
     }
     let state = engine.get_or_insert_with(|| TableEngine::new(dim, metric));
+    // Unlabelled while it changes: a sync that fails or is cancelled part way leaves an index
+    // no version's label fits, and the next search syncs it again (fragment by fragment: the
+    // per-fragment record below stays true at every step).
+    (state.version, state.committed) = (0, 0);
     if state.index.dim() != dim {
         // The table was overwritten with another dim: start over.
         *state = TableEngine::new(dim, metric);

@@ -432,6 +432,13 @@ impl TableService {
             match self.store().dataset(table, Some(state.version)).await {
                 Ok(newer) if state.reflects(&newer) => dataset = newer,
                 _ => {
+                    // Either the engine is of an earlier table of this name, or `dataset` is:
+                    // dropped while this search ran. Only the current table's is synced to.
+                    let opened = crate::store::table_version(&dataset);
+                    let current = self.store().dataset(table, Some(opened.0)).await;
+                    if !current.is_ok_and(|d| crate::store::table_version(&d) == opened) {
+                        return Err(Error::not_found(format!("table '{table}' was dropped while this search ran")));
+                    }
                     drop(engine);
                     engine = super::engine::synced_exactly(&slot, &dataset, search.dim(), search.kernel_metric()).await?;
                 }
@@ -446,7 +453,7 @@ impl TableService {
         // Handing this worker's other tasks to another thread (block_in_place) costs tens of
         // microseconds: more than a search of a small table takes.
         let scanned = state.index.len() * search.dim() * search.queries.len();
-        let (hits, on_gpu) = if scanned <= INLINE_SEARCH_FLOATS { run() } else { tokio::task::block_in_place(run) };
+        let (hits, on_gpu) = if scanned <= INLINE_SEARCH_FLOATS && state.gpu.is_none() { run() } else { tokio::task::block_in_place(run) };
         let ids = if ids_only { state.ids_of(hits.iter().flatten()) } else { None };
         Ok(Ranked { hits, dataset, path: if on_gpu { SearchPath::MemoryGpu } else { SearchPath::Memory }, ids })
     }
