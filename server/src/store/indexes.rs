@@ -288,22 +288,23 @@ impl Store {
         if let Some(facts) = self.index_facts_cache.get(dataset, column) {
             return Ok(facts);
         }
+        // Every segment of a column's index has the kind and metric it was built with (a
+        // rebuild with others replaces them all): the first one speaks for the index.
+        let segments = self.vector_index_segments(dataset, column).await?;
+        let first = match segments.first() {
+            Some(segment) => {
+                let metrics = lance_index::metrics::NoOpMetricsCollector;
+                Some(dataset.open_vector_index(column, &segment.uuid, &metrics).await.map_err(lance_error)?)
+            }
+            None => None,
+        };
         let facts = IndexFacts {
             direct: self.open_direct_index(dataset, column).await?,
-            planned_doubled: self.planned_distances_doubled(dataset, column).await?,
-            metric: self.open_index_metric(dataset, column).await?,
+            planned_doubled: first.as_ref().is_some_and(|index| planned_distances_doubled(dataset, &segments, index)),
+            metric: first.as_ref().map(|index| index.metric_type()),
         };
         self.index_facts_cache.insert(dataset, column, facts.clone());
         Ok(facts)
-    }
-
-    async fn open_index_metric(&self, dataset: &Dataset, column: &str) -> Result<Option<DistanceType>> {
-        // Every segment of a column's index has the metric it was built with (a rebuild with
-        // another replaces them all).
-        let Some(segment) = self.vector_index_segments(dataset, column).await?.into_iter().next() else { return Ok(None) };
-        let metrics = lance_index::metrics::NoOpMetricsCollector;
-        let index = dataset.open_vector_index(column, &segment.uuid, &metrics).await.map_err(lance_error)?;
-        Ok(Some(index.metric_type()))
     }
 
     async fn open_direct_index(&self, dataset: &Dataset, column: &str) -> Result<Option<DirectIndex>> {
@@ -386,36 +387,15 @@ impl Store {
         Ok((ids, distances))
     }
 
-    /// Whether the planner's `_distance`s are a quantised cosine index's own (see
-    /// `doubles_cosine`). They are where the index covers every row. Where rows are not
-    /// indexed yet, or with `refine`, the planner re-scores its candidates exactly (1 − cos)
-    /// to merge them with its flat search (measured: exact distances come back for IVF_PQ
-    /// candidates then).
-    async fn planned_distances_doubled(&self, dataset: &Dataset, column: &str) -> Result<bool> {
-        let segments = self.vector_index_segments(dataset, column).await?;
-        let Some(first) = segments.first() else { return Ok(false) };
-        let mut covered = std::collections::BTreeSet::new();
-        for segment in &segments {
-            match &segment.fragment_bitmap {
-                Some(bitmap) => covered.extend(bitmap.iter()),
-                None => return Ok(false),
-            }
-        }
-        if dataset.fragments().iter().any(|f| !covered.contains(&(f.id as u32))) {
-            return Ok(false);
-        }
-        let metrics = lance_index::metrics::NoOpMetricsCollector;
-        let index = dataset.open_vector_index(column, &first.uuid, &metrics).await.map_err(lance_error)?;
-        Ok(doubles_cosine(index.index_type(), index.metric_type()))
-    }
-
     /// Compacts small fragments, then folds unindexed rows into the existing indexes.
     pub async fn optimize(&self, table: &str, mut dataset: Dataset) -> Result<Compaction> {
         let metrics = compact_files(&mut dataset, CompactionOptions::default(), None).await.map_err(lance_error)?;
         let indexes = dataset.load_indices().await.map_err(lance_error)?;
         if !indexes.is_empty() {
             let retrained = pq_dot_indexes(&dataset, &indexes).await?;
+            // One name per index (an index has a segment per build or delta).
             let mut merged: Vec<String> = indexes.iter().map(|i| i.name.clone()).filter(|n| !retrained.contains(n)).collect();
+            merged.sort_unstable();
             merged.dedup();
             if !merged.is_empty() {
                 // Merged into one segment per index: a delta segment beside it would send every
@@ -437,7 +417,6 @@ impl Store {
         })
     }
 
-    /// Whether `column` has a vector index.
     /// The metric of the vector index on `column`, None without one (decided once per version).
     pub async fn vector_index_metric(&self, dataset: &Dataset, column: &str) -> Result<Option<DistanceType>> {
         Ok(self.index_facts(dataset, column).await?.metric)
@@ -449,10 +428,7 @@ impl Store {
         let indexes = dataset.load_indices().await.map_err(lance_error)?;
         Ok(indexes
             .iter()
-            .filter(|i| {
-                i.fields.first() == Some(&field.id)
-                    && i.index_details.as_ref().is_some_and(|d| d.type_url.ends_with("VectorIndexDetails"))
-            })
+            .filter(|i| i.fields.first() == Some(&field.id) && is_vector_index(i))
             .cloned()
             .collect())
     }
@@ -527,6 +503,26 @@ impl Store {
     }
 }
 
+/// Whether the planner's `_distance`s are a quantised cosine index's own (see
+/// `doubles_cosine`): `segments` are the column's index, `index` one of them opened. They are
+/// where the index covers every row. Where rows are not indexed yet, or with `refine`, the
+/// planner re-scores its candidates exactly (1 − cos) to merge them with its flat search
+/// (measured: exact distances come back for IVF_PQ candidates then).
+fn planned_distances_doubled(dataset: &Dataset, segments: &[IndexMetadata], index: &Arc<dyn VectorIndex>) -> bool {
+    let mut covered = std::collections::BTreeSet::new();
+    for segment in segments {
+        match &segment.fragment_bitmap {
+            Some(bitmap) => covered.extend(bitmap.iter()),
+            None => return false,
+        }
+    }
+    dataset.fragments().iter().all(|f| covered.contains(&(f.id as u32))) && doubles_cosine(index.index_type(), index.metric_type())
+}
+
+fn is_vector_index(index: &IndexMetadata) -> bool {
+    index.index_details.as_ref().is_some_and(|d| d.type_url.ends_with("VectorIndexDetails"))
+}
+
 /// The IVF_PQ indexes with the dot metric among `indexes`, by name. Lance 14 folds new rows
 /// into such an index wrongly: after a merge its distances for those rows came out ≈ 11 too
 /// low on 32-d data (they took 195 of 200 result slots, recall 0.11; found by an adversarial
@@ -536,9 +532,8 @@ async fn pq_dot_indexes(dataset: &Dataset, indexes: &[IndexMetadata]) -> Result<
     let metrics = lance_index::metrics::NoOpMetricsCollector;
     let mut names: Vec<String> = Vec::new();
     for index in indexes {
-        let is_vector = index.index_details.as_ref().is_some_and(|d| d.type_url.ends_with("VectorIndexDetails"));
         let column = index.fields.first().and_then(|id| dataset.schema().field_by_id(*id));
-        let (true, Some(column)) = (is_vector, column) else { continue };
+        let (true, Some(column)) = (is_vector_index(index), column) else { continue };
         if names.contains(&index.name) {
             continue;
         }
