@@ -9,6 +9,7 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod distance;
+pub mod hnsw;
 mod index;
 mod topk;
 

@@ -32,6 +32,12 @@ use lance_index::vector::sq::ScalarQuantizer;
 use lance_index::vector::flat::index::FlatQuantizer;
 use lance_index::vector::pq::ProductQuantizer;
 use lance_index::vector::storage::VectorStore;
+use lance_index::vector::quantizer::QuantizerStorage;
+use lance_index::vector::v3::subindex::IvfSubIndex;
+use lance_index::vector::SQ_CODE_COLUMN;
+use arrow_array::types::{Float32Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow_array::{UInt64Array, UInt8Array};
+use hyprstream_kernels::hnsw::{GraphLevel, HnswGraph, SqL2};
 
 use super::{check_filter, lance_error, lance_query_error, Store};
 use crate::error::{Error, Result};
@@ -254,15 +260,15 @@ impl Store {
         let mut found: Vec<(f32, u64)> = Vec::new();
         if let (Some(mask), Some((_, query))) = (&admitted, probes.first()) {
             // The one partition's query (with its centroid distance, as the unfiltered probe).
-            found = mask.search(&index, query).await?;
+            found = mask.search(&self.sq_walks, &index, query).await?;
         } else if let [(partition, query)] = probes.as_slice() {
-            found = probe_partition(&index, *partition, query).await?;
+            found = probe_partition(&self.sq_walks, &index, *partition, query).await?;
         } else {
             // Partitions are independent searches: on their own tasks they run on every
             // worker (the planner's ANN node also searches partitions concurrently).
             let tasks = probes.into_iter().map(|(partition, query)| {
-                let index = index.clone();
-                tokio::spawn(async move { probe_partition(&index, partition, &query).await })
+                let (index, walks) = (index.clone(), self.sq_walks.clone());
+                tokio::spawn(async move { probe_partition(&walks, &index, partition, &query).await })
             });
             for probe in futures::future::join_all(tasks).await {
                 found.extend(probe.map_err(|e| Error::internal(format!("ANN partition search failed: {e}")))??);
@@ -434,8 +440,12 @@ impl Store {
     }
 }
 
-/// One IVF partition's search: (distance, row id) of its candidates.
-async fn probe_partition(index: &Arc<dyn VectorIndex>, partition: usize, query: &Query) -> Result<Vec<(f32, u64)>> {
+/// One IVF partition's search: (distance, row id) of its candidates. IVF_HNSW_SQ partitions
+/// are walked by our kernel (see `SqWalks`), the others by Lance.
+async fn probe_partition(walks: &SqWalks, index: &Arc<dyn VectorIndex>, partition: usize, query: &Query) -> Result<Vec<(f32, u64)>> {
+    if let Some(found) = walks.search(index, partition, query, None).await? {
+        return Ok(found);
+    }
     let no_filter: Arc<dyn PreFilter> = Arc::new(NoFilter);
     let metrics = lance_index::metrics::NoOpMetricsCollector;
     let batch = if index.supports_prepared_partition_search() {
@@ -453,6 +463,129 @@ async fn probe_partition(index: &Arc<dyn VectorIndex>, partition: usize, query: 
     Ok(d.values().iter().copied().zip(super::row_ids(&batch)?.iter().copied()).collect())
 }
 
+/// An IVF_HNSW_SQ partition laid out for `hyprstream_kernels::hnsw`: the graph flattened, the
+/// codes and row ids Lance's partition already holds (shared, not copied).
+pub struct SqWalk {
+    graph: HnswGraph,
+    codes: UInt8Array,
+    dim: usize,
+    bounds: (f64, f64),
+    row_ids: UInt64Array,
+}
+
+impl SqWalk {
+    /// None where the kernel does not score like Lance: a dot index (Lance scores its codes
+    /// by another formula), or codes in several chunks (one only after an in-memory append).
+    fn build(entry: &PartitionEntry<HNSW, ScalarQuantizer>) -> Result<Option<SqWalk>> {
+        if !matches!(entry.storage.distance_type(), DistanceType::L2 | DistanceType::Cosine) {
+            return Ok(None);
+        }
+        let batches: Vec<RecordBatch> = entry.storage.to_batches().map_err(lance_error)?.collect();
+        let [batch] = batches.as_slice() else { return Ok(None) };
+        let (Some(codes), Some(row_ids)) = (batch.column_by_name(SQ_CODE_COLUMN), batch.column_by_name(super::ROW_ID)) else {
+            return Ok(None);
+        };
+        let (Some(codes), Some(row_ids)) = (codes.as_fixed_size_list_opt(), row_ids.as_primitive_opt::<UInt64Type>()) else {
+            return Ok(None);
+        };
+        let dim = codes.value_length() as usize;
+        let Some(code_values) = codes.values().as_primitive_opt::<UInt8Type>() else { return Ok(None) };
+        // The graph as Lance writes it: every level's rows one after another (`level_offsets`),
+        // each a node id (`__vector_id`) and its neighbours (`__neighbors`).
+        let metadata = entry.index.metadata();
+        let graph = entry.index.to_batch().map_err(lance_error)?;
+        let (Some(ids), Some(lists)) = (graph.column_by_name("__vector_id"), graph.column_by_name("__neighbors")) else {
+            return Ok(None);
+        };
+        let (Some(ids), Some(lists)) = (ids.as_primitive_opt::<UInt32Type>(), lists.as_list_opt::<i32>()) else { return Ok(None) };
+        let Some(neighbors) = lists.values().as_primitive_opt::<UInt32Type>() else { return Ok(None) };
+        let mut levels = Vec::new();
+        for bounds in metadata.level_offsets.windows(2) {
+            let (start, end) = (bounds[0], bounds[1]);
+            if start > end || end > ids.len() {
+                return Ok(None);
+            }
+            levels.push(GraphLevel { ids: &ids.values()[start..end], offsets: &lists.value_offsets()[start..=end], neighbors: neighbors.values() });
+        }
+        let nodes = entry.index.len();
+        // A graph node without a code is a graph Lance refuses to search: its error stands.
+        if nodes > row_ids.len() || code_values.len() != row_ids.len() * dim {
+            return Ok(None);
+        }
+        let graph = HnswGraph::new(nodes, metadata.entry_point, &levels).map_err(|e| Error::internal(format!("HNSW graph: {e}")))?;
+        let bounds = entry.storage.metadata().bounds.clone();
+        Ok(Some(SqWalk { graph, codes: code_values.clone(), dim, bounds: (bounds.start, bounds.end), row_ids: row_ids.clone() }))
+    }
+
+    /// The partition's `k` nearest rows of the `ef` the walk keeps, as Lance's HNSW search
+    /// returns them: (distance, row id), nearest first, one per row. With `admitted` (a bit
+    /// per node), admitted rows only.
+    fn search(&self, query: &[f32], k: usize, ef: usize, admitted: Option<&[u64]>) -> Vec<(f32, u64)> {
+        let distance = SqL2::new(self.codes.values(), self.dim, self.bounds, query);
+        let admits = |node: u32| admitted.is_some_and(|bits| bits[node as usize / 64] >> (node % 64) & 1 == 1);
+        let nodes = self.graph.search(&distance, k, ef, admitted.map(|_| &admits as &dyn Fn(u32) -> bool));
+        // A multivector row has several nodes: its nearest stands for it (as in Lance).
+        let mut seen = std::collections::HashSet::with_capacity(nodes.len());
+        nodes.into_iter().map(|(d, node)| (d, self.row_ids.value(node as usize))).filter(|(_, row)| seen.insert(*row)).collect()
+    }
+}
+
+/// Our walks of IVF_HNSW_SQ partitions, by the Lance partition (from Lance's index cache) they
+/// were built from: a partition is flattened once, not per table version. The few most recent
+/// are kept; each holds its partition's codes alive.
+#[derive(Default)]
+pub struct SqWalks {
+    walks: std::sync::Mutex<std::collections::VecDeque<(Arc<PartitionEntry<HNSW, ScalarQuantizer>>, Option<Arc<SqWalk>>)>>,
+}
+
+/// Partitions whose walks are kept (one per table for the common single-partition index).
+const SQ_WALKS_KEPT: usize = 8;
+
+impl SqWalks {
+    /// `query` through an IVF_HNSW_SQ index's `partition` by our walk, or None where Lance
+    /// searches it (another index kind, a dot index, `ef < k`, which Lance refuses). With
+    /// `admitted` (a bit per node), only admitted nodes are returned.
+    async fn search(&self, index: &Arc<dyn VectorIndex>, partition: usize, query: &Query, admitted: Option<&[u64]>) -> Result<Option<Vec<(f32, u64)>>> {
+        let Some(ivf) = index.as_any().downcast_ref::<IVFIndex<HNSW, ScalarQuantizer>>() else { return Ok(None) };
+        let params = HnswQueryParams::from(query);
+        if params.ef < query.k || query.lower_bound.is_some() || query.upper_bound.is_some() {
+            return Ok(None);
+        }
+        let metrics = lance_index::metrics::NoOpMetricsCollector;
+        let entry = ivf.load_partition(partition, true, &metrics).await.map_err(lance_error)?;
+        let Some(walk) = self.walk(&entry)? else { return Ok(None) };
+        // Scalar quantisation uses no residuals: the key is the query itself.
+        let Some(key) = query.key.as_primitive_opt::<Float32Type>() else { return Ok(None) };
+        if key.len() != walk.dim {
+            return Ok(None);
+        }
+        Ok(Some(walk.search(key.values(), query.k, params.ef, admitted)))
+    }
+
+    fn walk(&self, entry: &Arc<PartitionEntry<HNSW, ScalarQuantizer>>) -> Result<Option<Arc<SqWalk>>> {
+        let mut walks = self.walks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = walks.iter().position(|(e, _)| Arc::ptr_eq(e, entry)) {
+            let found = walks.remove(at).expect("position is in range");
+            let walk = found.1.clone();
+            walks.push_back(found);
+            return Ok(walk);
+        }
+        let started = std::time::Instant::now();
+        let walk = SqWalk::build(entry)?.map(Arc::new);
+        tracing::debug!(
+            nodes = entry.index.len(),
+            graph_bytes = walk.as_ref().map_or(0, |w| w.graph.memory_size()),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "HNSW partition laid out for our walk"
+        );
+        walks.push_back((entry.clone(), walk.clone()));
+        if walks.len() > SQ_WALKS_KEPT {
+            walks.pop_front();
+        }
+        Ok(walk)
+    }
+}
+
 /// Below this share of a graph's nodes admitted, a filtered walk mostly meets rows it must
 /// skip; Lance's HNSW search then ranks the admitted rows exhaustively instead, and the planner
 /// answers (the service's in-memory engine answers before that where it can).
@@ -465,8 +598,11 @@ const MIN_GRAPH_FILTER_SHARE: f64 = 0.1;
 /// per (version, filter). It holds the bits only (N / 8 bytes and 4 per admitted node); the
 /// partition itself stays in Lance's index cache.
 pub struct NodeMask {
-    /// Admitted nodes' bits set (Lance's bit set type; cloned per query, as a search consumes it).
+    /// Admitted nodes' bits set (Lance's bit set type, for Lance's walks; cloned per query, as
+    /// a search consumes it).
     bits: VisitedGenerator,
+    /// The same bits as words, for our walk (which only reads them).
+    words: Vec<u64>,
 }
 
 thread_local! {
@@ -497,7 +633,7 @@ impl Store {
                 },
             },
         };
-        let mask = bits.map(|bits| Arc::new(NodeMask { bits }));
+        let mask = bits.map(|(bits, words)| Arc::new(NodeMask { bits, words }));
         self.node_mask_cache.insert(dataset, &key, mask.clone());
         Ok(mask)
     }
@@ -559,13 +695,15 @@ async fn hnsw_partition<Q: Quantization + 'static>(index: &Arc<dyn VectorIndex>)
 }
 
 /// The bit set of the nodes whose rows `rows` holds; None below `MIN_GRAPH_FILTER_SHARE`.
-fn admitted_nodes(storage: &impl VectorStore, rows: &RowFilter) -> Option<VisitedGenerator> {
+fn admitted_nodes(storage: &impl VectorStore, rows: &RowFilter) -> Option<(VisitedGenerator, Vec<u64>)> {
     let nodes = storage.len();
     let mut bits = VisitedGenerator::new(nodes);
+    let mut words = vec![0u64; nodes.div_ceil(64)];
     let mut admitted = bits.generate(nodes);
     for (node, row) in storage.row_ids().enumerate() {
         if rows.contains(*row) {
             admitted.insert(node as u32);
+            words[node / 64] |= 1 << (node % 64);
         }
     }
     if (admitted.count_ones() as f64) < MIN_GRAPH_FILTER_SHARE * nodes as f64 {
@@ -573,13 +711,16 @@ fn admitted_nodes(storage: &impl VectorStore, rows: &RowFilter) -> Option<Visite
     }
     // Dropping the set would clear its bits; keep them (it only borrows `bits`).
     std::mem::forget(admitted);
-    Some(bits)
+    Some((bits, words))
 }
 
 impl NodeMask {
     /// The admitted rows nearest to `query` (k of them where k are admitted): (Lance
     /// `_distance`, row id).
-    async fn search(&self, index: &Arc<dyn VectorIndex>, query: &Query) -> Result<Vec<(f32, u64)>> {
+    async fn search(&self, walks: &SqWalks, index: &Arc<dyn VectorIndex>, query: &Query) -> Result<Vec<(f32, u64)>> {
+        if let Some(found) = walks.search(index, 0, query, Some(&self.words)).await? {
+            return Ok(found);
+        }
         if let Some(entry) = hnsw_partition::<ScalarQuantizer>(index).await? {
             return masked_search(index, &entry, query, &self.bits);
         }
@@ -614,4 +755,98 @@ fn masked_search<Q: Quantization + 'static>(index: &Arc<dyn VectorIndex>, entry:
         .map(|node| (node.dist.0, entry.storage.row_id(node.id)))
         .filter(|(_, row)| seen.insert(*row))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{FixedSizeListArray, RecordBatchIterator};
+    use arrow_schema::{DataType, Field, Schema};
+
+    /// `rows` vectors of `dim` on a random 8-dimensional subspace plus a little noise (an ANN
+    /// graph on full-rank random data is close to useless), fresh each run.
+    fn low_rank(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed | 1;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let basis: Vec<f32> = (0..8 * dim).map(|_| uniform()).collect();
+        let mut out = Vec::with_capacity(rows * dim);
+        for _ in 0..rows {
+            let weights: Vec<f32> = (0..8).map(|_| uniform()).collect();
+            for d in 0..dim {
+                out.push((0..8).map(|b| weights[b] * basis[b * dim + d]).sum::<f32>() + 0.01 * uniform());
+            }
+        }
+        out
+    }
+
+    async fn sq_partition(dir: &std::path::Path, metric: DistanceType, data: &[f32], dim: usize) -> (Arc<dyn VectorIndex>, Arc<PartitionEntry<HNSW, ScalarQuantizer>>) {
+        let item = Arc::new(Field::new("item", DataType::Float32, true));
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::FixedSizeList(item.clone(), dim as i32), true)]));
+        let vectors = FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(data.to_vec())), None).unwrap();
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(vectors)]).unwrap();
+        let uri = dir.join("t.lance");
+        let mut dataset = Dataset::write(RecordBatchIterator::new(vec![Ok(batch)], schema), uri.to_str().unwrap(), None).await.unwrap();
+        let hnsw = HnswBuildParams::default().num_edges(12).ef_construction(80);
+        let params = VectorIndexParams::with_ivf_hnsw_sq_params(metric, IvfBuildParams::new(1), hnsw, SQBuildParams::default());
+        dataset.create_index(&["v"], IndexType::Vector, None, &params, true).await.unwrap();
+        let store = Store::open(dir.join("store")).unwrap();
+        let segments = store.vector_index_segments(&dataset, "v").await.unwrap();
+        let metrics = lance_index::metrics::NoOpMetricsCollector;
+        let index = dataset.open_vector_index("v", &segments[0].uuid, &metrics).await.unwrap();
+        let entry = hnsw_partition::<ScalarQuantizer>(&index).await.unwrap().unwrap();
+        (index, entry)
+    }
+
+    /// Our walk (kernels::hnsw) against Lance's own HNSW search of the same partition: the
+    /// same rows at the same distances in the same order, with and without a node filter, for
+    /// both metrics it takes, several (k, ef), on fresh data each run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn our_hnsw_walk_returns_lances_answer() {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let (rows, dim) = (3000, 24);
+        for metric in [DistanceType::L2, DistanceType::Cosine] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = low_rank(rows, dim, seed);
+            let (_index, entry) = sq_partition(dir.path(), metric, &data, dim).await;
+            let walk = SqWalk::build(&entry).unwrap().expect("an L2 or cosine SQ partition is walked by the kernel");
+            let queries = low_rank(40, dim, seed.wrapping_add(1));
+            let admitted: Vec<bool> = (0..entry.storage.len()).map(|node| node % 3 != 0).collect();
+            let mut words = vec![0u64; admitted.len().div_ceil(64)];
+            (0..admitted.len()).filter(|n| admitted[*n]).for_each(|n| words[n / 64] |= 1 << (n % 64));
+            for (i, query) in queries.chunks_exact(dim).enumerate() {
+                let mut query = query.to_vec();
+                if metric == DistanceType::Cosine {
+                    hyprstream_kernels::normalize(&mut query);
+                }
+                for (k, ef) in [(1, 1), (10, 10), (10, 50), (30, 200)] {
+                    let params = HnswQueryParams { ef, lower_bound: None, upper_bound: None, dist_q_c: 0.0, use_acorn: false };
+                    let lance = |filter: bool| {
+                        let mut visited = VisitedGenerator::new(0);
+                        let mut bits = VisitedGenerator::new(admitted.len());
+                        let mut admitted_bits = bits.generate(admitted.len());
+                        (0..admitted.len()).filter(|n| admitted[*n]).for_each(|n| admitted_bits.insert(n as u32));
+                        let key: arrow_array::ArrayRef = Arc::new(Float32Array::from(query.clone()));
+                        let nodes = entry
+                            .index
+                            .search_inner(key, k, &params, filter.then_some(admitted_bits), &mut visited, &entry.storage, Some(2))
+                            .unwrap();
+                        nodes.into_iter().map(|n| (n.dist.0, entry.storage.row_id(n.id))).collect::<Vec<_>>()
+                    };
+                    let (unfiltered, filtered) = (lance(false), lance(true));
+                    assert_eq!(unfiltered.len(), k.min(rows));
+                    let admitted_rows: std::collections::HashSet<u64> =
+                        (0..admitted.len()).filter(|n| admitted[*n]).map(|n| entry.storage.row_id(n as u32)).collect();
+                    assert!(!filtered.is_empty() && filtered.iter().all(|(_, row)| admitted_rows.contains(row)));
+                    assert_eq!(walk.search(&query, k, ef, None), unfiltered, "seed {seed}, {metric:?}, query {i}, k {k}, ef {ef}");
+                    assert_eq!(walk.search(&query, k, ef, Some(&words)), filtered, "seed {seed}, {metric:?}, query {i}, k {k}, ef {ef}, filtered");
+                }
+            }
+        }
+    }
+
 }

@@ -74,6 +74,8 @@ pub struct Store {
     /// Per (dataset, column and filter): the index's graph nodes the filter admits (see
     /// `indexes::node_mask`).
     node_mask_cache: cache::VersionCache<Option<Arc<indexes::NodeMask>>>,
+    /// HNSW partitions laid out for our walk (see `indexes::SqWalks`).
+    sq_walks: Arc<indexes::SqWalks>,
 }
 
 impl Store {
@@ -90,6 +92,7 @@ impl Store {
             // A row set is 8 bytes a row: 32 of 1M-row tables are 256 MB at most.
             admitted_cache: cache::VersionCache::new(32),
             node_mask_cache: cache::VersionCache::new(32),
+            sq_walks: Default::default(),
         })
     }
 
