@@ -474,8 +474,9 @@ pub struct SqWalk {
 }
 
 impl SqWalk {
-    /// None where the kernel does not score like Lance: a dot index (Lance scores its codes
-    /// by another formula), or codes in several chunks (one only after an in-memory append).
+    /// None where Lance walks the partition instead: a dot index (Lance scores its codes by
+    /// another formula), or codes in several chunks (a loaded partition has one; Lance adds
+    /// chunks only when it appends in memory).
     fn build(entry: &PartitionEntry<HNSW, ScalarQuantizer>) -> Result<Option<SqWalk>> {
         if !matches!(entry.storage.distance_type(), DistanceType::L2 | DistanceType::Cosine) {
             return Ok(None);
@@ -570,6 +571,8 @@ impl SqWalks {
             walks.push_back(found);
             return Ok(walk);
         }
+        // Built under the lock, so concurrent first searches build it once (≈ ms per 100k
+        // nodes, once per loaded partition).
         let started = std::time::Instant::now();
         let walk = SqWalk::build(entry)?.map(Arc::new);
         tracing::debug!(
