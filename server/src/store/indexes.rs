@@ -532,15 +532,18 @@ impl SqWalk {
 }
 
 /// Our walks of IVF_HNSW_SQ partitions, by the Lance partition (from Lance's index cache) they
-/// were built from: a partition is flattened once, not per table version. The few most recent
-/// are kept; each holds its partition's codes alive.
+/// were built from: a partition is flattened once, not per table version. The most recently
+/// used are kept, up to `SQ_WALKS_MAX_BYTES`; each holds its partition's codes alive (so a
+/// partition Lance's cache dropped, or a dropped table's, is held until pushed out).
 #[derive(Default)]
 pub struct SqWalks {
     walks: std::sync::Mutex<std::collections::VecDeque<(Arc<PartitionEntry<HNSW, ScalarQuantizer>>, Option<Arc<SqWalk>>)>>,
 }
 
-/// Partitions whose walks are kept (one per table for the common single-partition index).
-const SQ_WALKS_KEPT: usize = 8;
+/// Bytes of walks kept: their graphs plus the codes they keep alive. A bound on bytes, not
+/// on partitions, so an index of many small partitions probed many at a time (`nprobes`)
+/// keeps all of them instead of rebuilding walks on every query.
+const SQ_WALKS_MAX_BYTES: usize = 2 << 30;
 
 impl SqWalks {
     /// `query` through an IVF_HNSW_SQ index's `partition` by our walk, or None where Lance
@@ -582,8 +585,10 @@ impl SqWalks {
             "HNSW partition laid out for our walk"
         );
         walks.push_back((entry.clone(), walk.clone()));
-        if walks.len() > SQ_WALKS_KEPT {
-            walks.pop_front();
+        let bytes = |w: &Option<Arc<SqWalk>>| w.as_ref().map_or(0, |w| w.graph.memory_size() + w.codes.len());
+        let mut kept: usize = walks.iter().map(|(_, w)| bytes(w)).sum();
+        while kept > SQ_WALKS_MAX_BYTES && walks.len() > 1 {
+            kept -= walks.pop_front().map_or(0, |(_, w)| bytes(&w));
         }
         Ok(walk)
     }
