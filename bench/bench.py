@@ -30,6 +30,9 @@ BATCH = 64
 THREADS = int(os.environ.get("BENCH_THREADS", str(os.cpu_count() or 1)))
 SIZES = [int(s) for s in os.environ.get("BENCH_ROWS", "100000").split(",")]
 N_QUERIES = int(os.environ.get("BENCH_QUERIES", "200"))
+# Passes over the queries per engine; the pass with the lowest p50 (and the best batched pass)
+# is reported, for every engine alike: single passes on these shared VMs moved by up to 2×.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def pct(lat, p):
@@ -37,15 +40,29 @@ def pct(lat, p):
 
 
 def timed(fn, queries, warm=None):
-    """p50 and p99 latency in ms of fn over queries, after warm-up calls (default the first 3)."""
+    """p50 and p99 latency in ms of fn over queries (the pass of ROUNDS with the lowest p50),
+    after warm-up calls (default the first 3)."""
     for q in queries[:3] if warm is None else warm:
         fn(q)
-    lat = []
-    for q in queries:
+    passes = []
+    for _ in range(ROUNDS):
+        lat = []
+        for q in queries:
+            t = time.perf_counter()
+            fn(q)
+            lat.append((time.perf_counter() - t) * 1e3)
+        passes.append((pct(lat, 50), pct(lat, 99)))
+    return min(passes)
+
+
+def best_qps(run_all, n):
+    """Queries per second of the fastest of ROUNDS calls of run_all (which answers n queries)."""
+    best = float("inf")
+    for _ in range(ROUNDS):
         t = time.perf_counter()
-        fn(q)
-        lat.append((time.perf_counter() - t) * 1e3)
-    return pct(lat, 50), pct(lat, 99)
+        run_all()
+        best = min(best, time.perf_counter() - t)
+    return n / best
 
 
 def bench_faiss(data, queries):
@@ -57,10 +74,7 @@ def bench_faiss(data, queries):
     index.add(x)
     qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     p50, p99 = timed(lambda q: index.search(q[None, :], K), qn)
-    t = time.perf_counter()
-    for i in range(0, len(qn), BATCH):
-        index.search(qn[i : i + BATCH], K)
-    qps = len(qn) / (time.perf_counter() - t)
+    qps = best_qps(lambda: [index.search(qn[i : i + BATCH], K) for i in range(0, len(qn), BATCH)], len(qn))
     _, top = index.search(qn, 1)
     return {"p50_ms": p50, "p99_ms": p99, "batch_qps": qps, "top1": top[:, 0].tolist()}
 
@@ -82,7 +96,7 @@ def bench_ours_inprocess(data, queries, tmp):
     dpath, qpath = os.path.join(tmp, "data.f32"), os.path.join(tmp, "queries.f32")
     data.astype("<f4").tofile(dpath)
     queries.astype("<f4").tofile(qpath)
-    env = {**os.environ, "RAYON_NUM_THREADS": str(THREADS)}
+    env = {**os.environ, "RAYON_NUM_THREADS": str(THREADS), "BENCH_ROUNDS": str(ROUNDS)}
     out = subprocess.run(
         [os.path.join(BIN, "hyprstream-kernel-bench"), dpath, qpath, str(DIM), str(K), str(BATCH), "cosine"],
         capture_output=True, text=True, check=True, env=env,
@@ -157,10 +171,7 @@ def bench_ours_flight(data, queries, tmp):
             return c.do_get(flight.Ticket(ticket)).read_all()
 
         search_batch(queries[:BATCH])
-        t = time.perf_counter()
-        for i in range(0, len(queries), BATCH):
-            search_batch(queries[i : i + BATCH])
-        qps = len(queries) / (time.perf_counter() - t)
+        qps = best_qps(lambda: [search_batch(queries[i : i + BATCH]) for i in range(0, len(queries), BATCH)], len(queries))
         first = {}
         r = search_batch(queries[:20])
         for qi, id_ in zip(r["_query"].to_pylist(), r["id"].to_pylist()):
@@ -208,7 +219,8 @@ def main():
 
     lines = []
     lines.append(f"Machine: {machine()}. Data: random normal float32, dim {DIM}, k={K}, cosine, "
-                 f"{N_QUERIES} queries, batch {BATCH}, {THREADS} threads for every engine.")
+                 f"{N_QUERIES} queries, batch {BATCH}, {THREADS} threads for every engine; each figure is "
+                 f"the best of {ROUNDS} passes (lowest p50, highest QPS), LanceDB's over its first 30 queries.")
     lines.append("")
     lines.append("| rows | engine | p50 ms | p99 ms | batched QPS | ratio (p50 vs faiss; QPS ours/faiss) |")
     lines.append("|---|---|---|---|---|---|")
