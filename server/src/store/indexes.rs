@@ -525,9 +525,7 @@ impl SqWalk {
         let distance = SqL2::new(self.codes.values(), self.dim, self.bounds, query);
         let admits = |node: u32| admitted.is_some_and(|bits| bits[node as usize / 64] >> (node % 64) & 1 == 1);
         let nodes = self.graph.search(&distance, k, ef, admitted.map(|_| &admits as &dyn Fn(u32) -> bool));
-        // A multivector row has several nodes: its nearest stands for it (as in Lance).
-        let mut seen = std::collections::HashSet::with_capacity(nodes.len());
-        nodes.into_iter().map(|(d, node)| (d, self.row_ids.value(node as usize))).filter(|(_, row)| seen.insert(*row)).collect()
+        one_per_row(nodes.into_iter().map(|(d, node)| (d, self.row_ids.value(node as usize))))
     }
 }
 
@@ -569,10 +567,12 @@ impl SqWalks {
     fn walk(&self, entry: &Arc<PartitionEntry<HNSW, ScalarQuantizer>>) -> Result<Option<Arc<SqWalk>>> {
         let mut walks = self.walks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(at) = walks.iter().position(|(e, _)| Arc::ptr_eq(e, entry)) {
-            let found = walks.remove(at).expect("position is in range");
-            let walk = found.1.clone();
-            walks.push_back(found);
-            return Ok(walk);
+            // Most recently used last (the usual single-partition table is already there).
+            if at + 1 != walks.len() {
+                let found = walks.remove(at).expect("position is in range");
+                walks.push_back(found);
+            }
+            return Ok(walks.back().expect("just found").1.clone());
         }
         // Built under the lock, so concurrent first searches build it once (≈ ms per 100k
         // nodes, once per loaded partition).
@@ -756,13 +756,14 @@ fn masked_search<Q: Quantization + 'static>(index: &Arc<dyn VectorIndex>, entry:
     let nodes = HNSW_VISITED
         .with(|visited| entry.index.search_inner(query.key.clone(), query.k, &params, Some(admitted), &mut visited.borrow_mut(), &entry.storage, Some(2)))
         .map_err(lance_error)?;
-    // A multivector row has several nodes: its nearest stands for it (as in Lance).
-    let mut seen = std::collections::HashSet::with_capacity(nodes.len());
-    Ok(nodes
-        .into_iter()
-        .map(|node| (node.dist.0, entry.storage.row_id(node.id)))
-        .filter(|(_, row)| seen.insert(*row))
-        .collect())
+    Ok(one_per_row(nodes.into_iter().map(|node| (node.dist.0, entry.storage.row_id(node.id)))))
+}
+
+/// (distance, row id) hits, nearest first, with each row kept once: a multivector row has
+/// several graph nodes, and its nearest stands for it (as in Lance).
+fn one_per_row(hits: impl ExactSizeIterator<Item = (f32, u64)>) -> Vec<(f32, u64)> {
+    let mut seen = std::collections::HashSet::with_capacity(hits.len());
+    hits.filter(|(_, row)| seen.insert(*row)).collect()
 }
 
 #[cfg(test)]
