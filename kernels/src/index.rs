@@ -14,6 +14,11 @@ use crate::topk::{Neighbor, TopK};
 /// Rows per parallel work item (≈ 1.5 MiB of f32 at dim 384: big enough to amortise
 /// scheduling, small enough to balance across cores).
 const ROWS_PER_TASK: usize = 1024;
+
+/// Below this share of the live rows admitted, a filtered search visits the admitted rows by
+/// id instead of passing over every row with a mask: building and testing a mask is a pass
+/// over all rows per query (≈ 2 ms on 400k rows with 5 % admitted, for 0.1 ms of distances).
+const SPARSE_FILTER_SHARE: f64 = 0.125;
 /// Rows per SGEMM block in batched search.
 const BATCH_BLOCK_ROWS: usize = 512;
 
@@ -203,6 +208,9 @@ impl FlatIndex {
 
     /// The k nearest live rows (that `filter` admits) to `query`, nearest first.
     pub fn search(&self, query: &[f32], k: usize, filter: Option<&RowFilter>) -> Vec<Neighbor> {
+        if let Some(filter) = filter.filter(|f| (f.len() as f64) < SPARSE_FILTER_SHARE * self.len() as f64) {
+            return self.search_admitted(query, k, filter);
+        }
         let masks = self.masks(filter);
         self.search_tasks(query, k, self.tasks(ROWS_PER_TASK, None), masks.as_ref())
     }
@@ -211,6 +219,34 @@ impl FlatIndex {
     /// not cover yet), nearest first, with the distances `search` would give.
     pub fn search_segments(&self, query: &[f32], k: usize, segments: &[u32]) -> Vec<Neighbor> {
         self.search_tasks(query, k, self.tasks(ROWS_PER_TASK, Some(segments)), None)
+    }
+
+    /// `search` for a filter that admits few rows: only they are visited, by id (a segment's
+    /// ids are ascending and segments' id ranges do not overlap, so each segment's admitted
+    /// ids are one run of the filter's sorted list).
+    fn search_admitted(&self, query: &[f32], k: usize, filter: &RowFilter) -> Vec<Neighbor> {
+        assert_eq!(query.len(), self.dim, "query length");
+        let (q, q_norm) = self.prepare(query);
+        let (dim, metric) = (self.dim, self.metric);
+        let mut tasks: Vec<(&Segment, &[u64])> = Vec::new();
+        for s in self.segments.values().filter(|s| s.live_count > 0) {
+            let (Some(&first), Some(&last)) = (s.ids.first(), s.ids.last()) else { continue };
+            let admitted = &filter.allowed[filter.allowed.partition_point(|&a| a < first)..filter.allowed.partition_point(|&a| a <= last)];
+            tasks.extend(admitted.chunks(ROWS_PER_TASK).map(|ids| (s, ids)));
+        }
+        let tops: Vec<TopK> = tasks
+            .into_par_iter()
+            .map(|(s, ids)| {
+                let mut top = TopK::new(k);
+                for &id in ids {
+                    if let Some(i) = s.position(id).filter(|&i| s.live[i]) {
+                        top.push(row_distance(metric, &q, q_norm, s, i, dim), id);
+                    }
+                }
+                top
+            })
+            .collect();
+        merge(tops, k)
     }
 
     fn search_tasks(&self, query: &[f32], k: usize, tasks: Vec<(u32, &Segment, usize, usize)>, masks: Option<&BTreeMap<u32, Vec<bool>>>) -> Vec<Neighbor> {

@@ -92,8 +92,10 @@ mod flat_index {
         (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
-    /// Two segments (ids as fragment << 32 | offset), some rows deleted, a filter.
-    fn check(metric: Metric, dim: usize, k: usize, batch: bool) {
+    /// Two segments (ids as fragment << 32 | offset), some rows deleted, a filter: one that
+    /// admits most rows (a masked pass over all rows) or, `sparse`, under an eighth of them
+    /// (the admitted rows visited by id), listing deleted rows and ids of no row as well.
+    fn check(metric: Metric, dim: usize, k: usize, batch: bool, sparse: bool) {
         let (n1, n2) = (1500, 900);
         let (a, b) = (data(n1, dim), data(n2, dim));
         let ids_a: Vec<u64> = (0..n1 as u64).collect();
@@ -105,7 +107,9 @@ mod flat_index {
         let keep: Vec<u64> = ids_b.iter().copied().enumerate().filter(|(i, _)| i % 5 != 0).map(|(_, id)| id).collect();
         index.retain_in_segment(7, &keep);
         assert_eq!(index.len(), n1 + keep.len());
-        let filter = RowFilter::new(ids_a.iter().chain(&ids_b).copied().filter(|id| id % 3 != 1).collect());
+        let admits = |id: u64| if sparse { id % 11 == 4 } else { id % 3 != 1 };
+        let strangers = [5_000, (7 << 32) | 5_000, 9 << 32];
+        let filter = RowFilter::new(ids_a.iter().chain(&ids_b).copied().filter(|id| admits(*id)).chain(strangers).collect());
 
         let queries = data(4, dim);
         let got: Vec<_> = if batch {
@@ -117,7 +121,7 @@ mod flat_index {
             let mut all: Vec<(f64, u64)> = reference(metric, q, &a, dim).into_iter().zip(ids_a.iter().copied()).collect();
             all.extend(reference(metric, q, &b, dim).into_iter().zip(ids_b.iter().copied()));
             let mut expected: Vec<(f64, u64)> =
-                all.into_iter().filter(|(_, id)| id % 3 != 1 && (id >> 32 != 7 || (id & 0xffff_ffff) % 5 != 0)).collect();
+                all.into_iter().filter(|(_, id)| admits(*id) && (id >> 32 != 7 || (id & 0xffff_ffff) % 5 != 0)).collect();
             expected.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
             expected.truncate(k);
             assert_eq!(got[qi].len(), expected.len());
@@ -132,9 +136,12 @@ mod flat_index {
     #[test]
     fn single_and_batched_search_match_reference_with_deletes_and_filters() {
         for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
-            check(metric, 48, 10, false);
-            check(metric, 48, 10, true);
-            check(metric, 13, 3000, true); // k beyond the row count
+            for sparse in [false, true] {
+                check(metric, 48, 10, false, sparse);
+                check(metric, 48, 10, true, sparse);
+                check(metric, 13, 3000, false, sparse); // k beyond the row count
+                check(metric, 13, 3000, true, sparse);
+            }
         }
     }
 
