@@ -19,6 +19,7 @@ const ROWS_PER_TASK: usize = 1024;
 /// id instead of passing over every row with a mask: building and testing a mask is a pass
 /// over all rows per query (≈ 2 ms on 400k rows with 5 % admitted, for 0.1 ms of distances).
 const SPARSE_FILTER_SHARE: f64 = 0.125;
+
 /// Rows per SGEMM block in batched search.
 const BATCH_BLOCK_ROWS: usize = 512;
 
