@@ -287,10 +287,13 @@ impl GpuIndex {
             Metric::L2 => 2,
         };
         let (dim, n, n_queries) = (self.dim as i32, self.rows as i32, q as i32);
+        // One query: a warp per row (memory-bound pass), the query in shared memory, which a
+        // kernel gets up to 48 KiB of without opting in; longer queries go through the tiled
+        // kernel. A batch: tiled SGEMM, one pass per 64.
+        let one_warp_per_row = q == 1 && self.dim * 4 <= 48 * 1024;
         // A single query passes its norm by value (no extra upload on the latency path).
-        let norms_dev = if q > 1 { Some(self.stream.clone_htod(&q_norms).map_err(err("upload query norms"))?) } else { None };
-        // One query: a warp per row (memory-bound pass). A batch: tiled SGEMM, one pass per 64.
-        let (function, cfg) = if q == 1 {
+        let norms_dev = if !one_warp_per_row { Some(self.stream.clone_htod(&q_norms).map_err(err("upload query norms"))?) } else { None };
+        let (function, cfg) = if one_warp_per_row {
             let warps_per_block = THREADS_PER_BLOCK / 32;
             let grid = (self.rows as u32).div_ceil(warps_per_block);
             (&self.score_rows, LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS_PER_BLOCK, 1, 1), shared_mem_bytes: (self.dim * 4) as u32 })

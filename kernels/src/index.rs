@@ -207,9 +207,14 @@ impl FlatIndex {
         filter.map(|f| self.segments.iter().map(|(&id, s)| (id, f.mask(&s.ids))).collect())
     }
 
+    /// `filter` if it admits so few rows that visiting them by id beats a masked pass.
+    fn sparse<'a>(&self, filter: Option<&'a RowFilter>) -> Option<&'a RowFilter> {
+        filter.filter(|f| (f.len() as f64) < SPARSE_FILTER_SHARE * self.len() as f64)
+    }
+
     /// The k nearest live rows (that `filter` admits) to `query`, nearest first.
     pub fn search(&self, query: &[f32], k: usize, filter: Option<&RowFilter>) -> Vec<Neighbor> {
-        if let Some(filter) = filter.filter(|f| (f.len() as f64) < SPARSE_FILTER_SHARE * self.len() as f64) {
+        if let Some(filter) = self.sparse(filter) {
             return self.search_admitted(query, k, filter);
         }
         let masks = self.masks(filter);
@@ -222,20 +227,13 @@ impl FlatIndex {
         self.search_tasks(query, k, self.tasks(ROWS_PER_TASK, Some(segments)), None)
     }
 
-    /// `search` for a filter that admits few rows: only they are visited, by id (a segment's
-    /// ids are ascending and segments' id ranges do not overlap, so each segment's admitted
-    /// ids are one run of the filter's sorted list).
+    /// `search` for a filter that admits few rows: only they are visited, by id.
     fn search_admitted(&self, query: &[f32], k: usize, filter: &RowFilter) -> Vec<Neighbor> {
         assert_eq!(query.len(), self.dim, "query length");
         let (q, q_norm) = self.prepare(query);
         let (dim, metric) = (self.dim, self.metric);
-        let mut tasks: Vec<(&Segment, &[u64])> = Vec::new();
-        for s in self.segments.values().filter(|s| s.live_count > 0) {
-            let (Some(&first), Some(&last)) = (s.ids.first(), s.ids.last()) else { continue };
-            let admitted = &filter.allowed[filter.allowed.partition_point(|&a| a < first)..filter.allowed.partition_point(|&a| a <= last)];
-            tasks.extend(admitted.chunks(ROWS_PER_TASK).map(|ids| (s, ids)));
-        }
-        let tops: Vec<TopK> = tasks
+        let tops: Vec<TopK> = self
+            .admitted_runs(filter, ROWS_PER_TASK)
             .into_par_iter()
             .map(|(s, ids)| {
                 let mut top = TopK::new(k);
@@ -248,6 +246,19 @@ impl FlatIndex {
             })
             .collect();
         merge(tops, k)
+    }
+
+    /// Work items of at most `rows` of the filter's ids each, with the segment that may hold
+    /// them (a segment's ids are ascending and segments' id ranges do not overlap, so each
+    /// segment's admitted ids are one run of the filter's sorted list).
+    fn admitted_runs<'a>(&'a self, filter: &'a RowFilter, rows: usize) -> Vec<(&'a Segment, &'a [u64])> {
+        let mut tasks = Vec::new();
+        for s in self.segments.values().filter(|s| s.live_count > 0) {
+            let (Some(&first), Some(&last)) = (s.ids.first(), s.ids.last()) else { continue };
+            let admitted = &filter.allowed[filter.allowed.partition_point(|&a| a < first)..filter.allowed.partition_point(|&a| a <= last)];
+            tasks.extend(admitted.chunks(rows).map(|ids| (s, ids)));
+        }
+        tasks
     }
 
     fn search_tasks(&self, query: &[f32], k: usize, tasks: Vec<(u32, &Segment, usize, usize)>, masks: Option<&BTreeMap<u32, Vec<bool>>>) -> Vec<Neighbor> {
@@ -296,10 +307,15 @@ impl FlatIndex {
 
     /// Many queries (`queries` is Q × dim, row-major) in one pass over the rows: each block of
     /// rows is multiplied with all queries at once (SGEMM), so rows are read once per batch.
+    /// A filter that admits few rows is served as in `search`: only its rows are gathered
+    /// into blocks.
     pub fn search_batch(&self, queries: &[f32], k: usize, filter: Option<&RowFilter>) -> Vec<Vec<Neighbor>> {
         let dim = self.dim;
         assert!(dim > 0 && queries.len() % dim == 0, "queries must be Q × dim");
         let nq = queries.len() / dim;
+        if k == 0 {
+            return vec![Vec::new(); nq];
+        }
         let mut q = queries.to_vec();
         let mut q_norms = vec![0f32; nq];
         for (row, norm) in q.chunks_exact_mut(dim).zip(q_norms.iter_mut()) {
@@ -308,59 +324,150 @@ impl FlatIndex {
                 _ => crate::distance::norm(row),
             };
         }
-        let masks = self.masks(filter);
-        let metric = self.metric;
-        let partials: Vec<Vec<TopK>> = self
-            .tasks(BATCH_BLOCK_ROWS, None)
-            .into_par_iter()
-            .fold(
-                || (0..nq).map(|_| TopK::new(k)).collect::<Vec<_>>(),
-                |mut tops, (id, s, start, n)| {
-                    let mask = masks.as_ref().map(|m| &m[&id]);
-                    let mut scores = vec![0f32; n * nq];
-                    // scores (n × nq) = X[start..start+n] (n × dim) · Qᵀ (dim × nq)
-                    // SAFETY: the pointers cover n × dim, nq × dim and n × nq f32s with the
-                    // given strides, and nothing else aliases `scores`.
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            n, dim, nq, 1.0,
-                            s.data[start * dim..].as_ptr(), dim as isize, 1,
-                            q.as_ptr(), 1, dim as isize,
-                            0.0, scores.as_mut_ptr(), nq as isize, 1,
-                        );
+        let batch = BatchQueries { q: &q, norms: &q_norms, metric: self.metric, dim };
+        let new_lists = || (0..nq).map(|_| Shortlist::new(k)).collect::<Vec<_>>();
+        let partials: Vec<Vec<Shortlist>> = match self.sparse(filter) {
+            Some(filter) => self
+                .admitted_runs(filter, BATCH_BLOCK_ROWS)
+                .into_par_iter()
+                .fold(new_lists, |mut lists, (s, ids)| {
+                    // The admitted live rows, gathered into one contiguous block.
+                    let rows: Vec<usize> = ids.iter().filter_map(|&id| s.position(id).filter(|&i| s.live[i])).collect();
+                    let mut block = Vec::with_capacity(rows.len() * dim);
+                    for &i in &rows {
+                        block.extend_from_slice(&s.data[i * dim..(i + 1) * dim]);
                     }
-                    for i in 0..n {
-                        let r = start + i;
-                        if !s.live[r] || mask.is_some_and(|m| !m[r]) {
-                            continue;
-                        }
-                        for (j, top) in tops.iter_mut().enumerate() {
-                            let qx = scores[i * nq + j];
-                            let d = match metric {
-                                Metric::Dot => -qx,
-                                Metric::L2 => (q_norms[j] * q_norms[j] + s.sq_norms[r] - 2.0 * qx).max(0.0),
-                                Metric::Cosine => {
-                                    if q_norms[j] == 0.0 || s.sq_norms[r] == 0.0 { 1.0 } else { 1.0 - qx }
-                                }
-                            };
-                            top.push(d, s.ids[r]);
-                        }
-                    }
-                    tops
-                },
-            )
-            .collect();
+                    batch.score(&mut lists, &block, rows.iter().enumerate().map(|(b, &i)| (b, s.ids[i], s.sq_norms[i])));
+                    lists
+                })
+                .collect(),
+            None => {
+                let masks = self.masks(filter);
+                self.tasks(BATCH_BLOCK_ROWS, None)
+                    .into_par_iter()
+                    .fold(new_lists, |mut lists, (id, s, start, n)| {
+                        let mask = masks.as_ref().map(|m| &m[&id]);
+                        let admitted = (start..start + n).filter(|&r| s.live[r] && mask.is_none_or(|m| m[r]));
+                        batch.score(&mut lists, &s.data[start * dim..(start + n) * dim], admitted.map(|r| (r - start, s.ids[r], s.sq_norms[r])));
+                        lists
+                    })
+                    .collect()
+            }
+        };
         (0..nq)
             .map(|j| {
                 let mut merged = TopK::new(k);
                 for part in &partials {
-                    for n in part[j].iter() {
+                    for n in part[j].top.iter() {
                         merged.push(n.distance, n.id);
                     }
                 }
-                merged.into_sorted()
+                if self.metric != Metric::L2 {
+                    return merged.into_sorted();
+                }
+                // l2: `merged` ranks upper bounds. Every row whose lower bound is within the
+                // k-th upper bound may be among the k nearest: their exact distances decide.
+                let bound = merged.kth().unwrap_or(f32::INFINITY);
+                let near: Vec<u64> = partials.iter().flat_map(|part| part[j].near.iter()).filter(|n| n.distance <= bound).map(|n| n.id).collect();
+                self.rerank(&queries[j * dim..(j + 1) * dim], &near, k).expect("shortlisted rows are live rows of this index")
             })
             .collect()
+    }
+}
+
+/// One query's best rows in a batched search. For l2 the SGEMM form |q|² + |x|² − 2q·x loses
+/// the distance to cancellation when |q|² + |x|² dwarfs it (rows far from the origin): a
+/// near-duplicate can score 0 beside the exact match. So for l2 `top` holds the k best upper
+/// bounds and `near` every row whose lower bound could still beat the k-th of them; their
+/// exact distances (those `search` gives) are computed at the end.
+struct Shortlist {
+    top: TopK,
+    /// l2 only: (lower bound, id), pruned against `top`'s k-th upper bound as it shrinks.
+    near: Vec<Neighbor>,
+    /// `near`'s length that triggers the next pruning.
+    prune_at: usize,
+    /// `top`'s k-th upper bound (infinite until it holds k rows).
+    bound: f32,
+}
+
+impl Shortlist {
+    fn new(k: usize) -> Self {
+        Shortlist { top: TopK::new(k), near: Vec::new(), prune_at: 2 * k.min(1 << 16) + 256, bound: f32::INFINITY }
+    }
+
+    /// Offers a row whose distance lies within `distance` ± `slack`.
+    #[inline]
+    fn push_bounded(&mut self, distance: f32, slack: f32, id: u64) {
+        let (mut lower, mut upper) = (distance - slack, distance + slack);
+        if !upper.is_finite() {
+            // A bound that overflowed says nothing: the exact distance decides.
+            (lower, upper) = (f32::NEG_INFINITY, f32::INFINITY);
+        }
+        if lower > self.bound {
+            return; // most rows: they cannot be among the k nearest
+        }
+        self.top.push(upper, id);
+        self.bound = self.top.kth().unwrap_or(f32::INFINITY);
+        if lower <= self.bound {
+            self.near.push(Neighbor { distance: lower, id });
+            if self.near.len() >= self.prune_at {
+                let bound = self.bound;
+                self.near.retain(|n| n.distance <= bound);
+                // Rows that all lie within rounding of each other cannot be pruned: grow the
+                // trigger so each row is still looked at a bounded number of times.
+                self.prune_at = self.prune_at.max(2 * self.near.len());
+            }
+        }
+    }
+}
+
+/// A batch of queries as `search_batch` scores them: rows as stored (unit length for cosine),
+/// Q × dim, with each query's original norm.
+struct BatchQueries<'a> {
+    q: &'a [f32],
+    norms: &'a [f32],
+    metric: Metric,
+    dim: usize,
+}
+
+impl BatchQueries<'_> {
+    /// Scores a block of rows (n × dim, row-major) against every query at once and offers the
+    /// `rows` to each query's shortlist: (row in the block, row id, the row's |x|²).
+    fn score(&self, lists: &mut [Shortlist], block: &[f32], rows: impl Iterator<Item = (usize, u64, f32)>) {
+        let (dim, nq) = (self.dim, self.norms.len());
+        let n = block.len() / dim;
+        if n == 0 {
+            return;
+        }
+        let mut scores = vec![0f32; n * nq];
+        // scores (n × nq) = block (n × dim) · Qᵀ (dim × nq)
+        // SAFETY: the pointers cover n × dim, nq × dim and n × nq f32s with the given
+        // strides, and nothing else aliases `scores`.
+        unsafe {
+            matrixmultiply::sgemm(
+                n, dim, nq, 1.0,
+                block.as_ptr(), dim as isize, 1,
+                self.q.as_ptr(), 1, dim as isize,
+                0.0, scores.as_mut_ptr(), nq as isize, 1,
+            );
+        }
+        // Worst-case float32 rounding of |q|² + |x|² − 2q·x (each a dim-term sum), and of the
+        // exact Σ(q − x)² it stands for, as a share of |q|² + |x|².
+        let l2_error = 4.0 * (dim as f32 + 4.0) * f32::EPSILON;
+        for (i, id, sq_norm) in rows {
+            for (j, list) in lists.iter_mut().enumerate() {
+                let qx = scores[i * nq + j];
+                let q_norm = self.norms[j];
+                match self.metric {
+                    Metric::Dot => list.top.push(-qx, id),
+                    Metric::L2 => {
+                        let scale = q_norm * q_norm + sq_norm;
+                        list.push_bounded(scale - 2.0 * qx, l2_error * scale, id);
+                    }
+                    Metric::Cosine => list.top.push(if q_norm == 0.0 || sq_norm == 0.0 { 1.0 } else { 1.0 - qx }, id),
+                }
+            }
+        }
     }
 }
 

@@ -60,6 +60,11 @@ impl TopK {
         self.heap.is_empty()
     }
 
+    /// The k-th smallest distance held; None until k neighbours are held.
+    pub fn kth(&self) -> Option<f32> {
+        self.heap.peek().filter(|_| self.heap.len() == self.k).map(|n| n.distance)
+    }
+
     /// The neighbours held, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Neighbor> {
         self.heap.iter()

@@ -145,6 +145,36 @@ mod flat_index {
         }
     }
 
+    /// l2 rows far from the origin, close to each other (a cluster centred at 1000): the
+    /// distances are tiny beside |q|² + |x|², where the batched path's SGEMM form cancels.
+    /// Batched and single searches must give the same rows and distances, and both the float64
+    /// reference's to 1e-5 relative.
+    #[test]
+    fn batched_l2_keeps_small_distances_far_from_the_origin() {
+        let (n, dim, k) = (3000, 32, 10);
+        let mut rng = rand::rng();
+        let rows: Vec<f32> = (0..n * dim).map(|_| 1000.0 + rng.random_range(-0.01..0.01)).collect();
+        let mut index = FlatIndex::new(dim, Metric::L2);
+        index.insert_segment(0, (0..n as u64).collect(), rows.clone(), None);
+        // Queries: stored rows themselves (distance 0) and rows nudged by 1e-3.
+        let mut queries: Vec<f32> = rows[..4 * dim].to_vec();
+        queries.extend(rows[100 * dim..104 * dim].iter().map(|x| x + rng.random_range(-1e-3..1e-3)));
+        let batched = index.search_batch(&queries, k, None);
+        for (qi, q) in queries.chunks(dim).enumerate() {
+            let single = index.search(q, k, None);
+            assert_eq!(batched[qi], single, "query {qi}: batched and single searches differ");
+            let dist = reference(Metric::L2, q, &rows, dim);
+            let mut expected: Vec<(f64, u64)> = dist.iter().copied().zip(0..n as u64).collect();
+            expected.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            for (g, (d, id)) in single.iter().zip(&expected) {
+                assert!((g.distance as f64 - d).abs() <= 1e-5 * d + 1e-12, "query {qi}: row {} at {} vs row {id} at {d}", g.id, g.distance);
+            }
+            if qi < 4 {
+                assert_eq!(single[0].id, qi as u64, "a stored row is its own nearest");
+            }
+        }
+    }
+
     #[test]
     fn rerank_scores_only_the_candidates_like_a_filtered_search() {
         for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {

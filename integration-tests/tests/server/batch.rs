@@ -128,6 +128,33 @@ async fn batched_search_equals_the_reference_for_every_metric_filter_and_version
     assert_eq!(schema.field_with_name("_query").unwrap().data_type(), &arrow::datatypes::DataType::UInt32);
 }
 
+/// l2 over rows clustered far from the origin (1000 ± 0.01 per dim): the distances are tiny
+/// beside |q|² + |x|², which a batched pass must not lose to cancellation. A batch answers
+/// exactly as the same vectors searched one at a time, to the reference's 1e-5 relative.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_l2_far_from_the_origin_equals_single_searches() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let mut rows = random_rows("f", 400, DIM);
+    for row in &mut rows {
+        row.embedding = row.embedding.take().map(|e| e.iter().map(|v| 1000.0 + 0.01 * v).collect());
+    }
+    client.put("far", vec![batch(&rows, DIM)]).await.unwrap();
+    let queries: Vec<Vec<f32>> = rows[..5].iter().map(|r| r.embedding.clone().unwrap()).collect();
+    let batched = client.query(&Query { metric: Metric::parse("l2"), ..Query::search_batch("far", queries.clone(), 5) }).await.unwrap();
+    let (ids, dists) = (string_column(&batched, "id"), distances(&batched));
+    assert_eq!(ids.len(), 25);
+    for (qi, q) in queries.iter().enumerate() {
+        let single = client.query(&Query { metric: Metric::parse("l2"), ..Query::search("far", q.clone(), 5) }).await.unwrap();
+        assert_eq!(&ids[qi * 5..qi * 5 + 5], &string_column(&single, "id")[..], "query {qi}: batched and single searches differ");
+        assert_eq!(&dists[qi * 5..qi * 5 + 5], &distances(&single)[..], "query {qi}");
+        assert_eq!(ids[qi * 5], format!("f-{qi}"), "a stored row is its own nearest");
+        for ((id, d), (want_id, want)) in ids[qi * 5..].iter().zip(&dists[qi * 5..]).zip(brute_force(&rows, q, "l2", 5, |_| true)) {
+            assert!((*d as f64 - want).abs() <= 1e-5 * want + 1e-12, "query {qi}: {id} at {d} vs {want_id} at {want}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_batched_searches_are_refused_precisely() {
     let server = Server::start();

@@ -99,6 +99,29 @@ fn check_equal(metric: Metric, rows: usize, dim: usize, seed: u64) -> Result<(),
     Ok(())
 }
 
+/// l2 rows clustered far from the origin (1000 ± 0.01 per dim): distances are tiny beside
+/// |q|² + |x|², where the shortcut |q|² + |x|² − 2q·x cancels. GPU single and batched searches
+/// must give the CPU engine's exact distances, and a stored row must be its own nearest.
+fn check_far_l2(rows: usize, dim: usize, seed: u64) -> Result<(), String> {
+    let data: Vec<f32> = random(rows * dim, seed).into_iter().map(|v| 1000.0 + 0.01 * v).collect();
+    let ids: Vec<u64> = (0..rows as u64).collect();
+    let mut gpu = GpuIndex::new(0, dim, Metric::L2, rows).map_err(|e| e.to_string())?;
+    gpu.append(&ids, &data).map_err(|e| e.to_string())?;
+    let mut cpu = FlatIndex::new(dim, Metric::L2);
+    cpu.insert_segment(0, ids, data.clone(), None);
+    let queries = &data[..8 * dim];
+    let batch = gpu.search_batch(queries, 10, None).map_err(|e| e.to_string())?;
+    for (i, q) in queries.chunks(dim).enumerate() {
+        let c = cpu.search(q, 10, None);
+        compare(&format!("far l2 single query {i}"), &gpu.search(q, 10).map_err(|e| e.to_string())?, &c, &[])?;
+        compare(&format!("far l2 batch query {i}"), &batch[i], &c, &[])?;
+        if batch[i].first().map(|h| h.id) != Some(i as u64) {
+            return Err(format!("far l2 batch query {i}: row {i} should be its own nearest, got {:?}", batch[i].first()));
+        }
+    }
+    Ok(())
+}
+
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -117,6 +140,14 @@ fn main() {
                 println!("correctness {metric:?}: FAILED: {e}");
                 failed = true;
             }
+        }
+    }
+
+    match check_far_l2(20_000, 768, 43) {
+        Ok(()) => println!("correctness L2 far from the origin: GPU == CPU (single, batch)"),
+        Err(e) => {
+            println!("correctness L2 far from the origin: FAILED: {e}");
+            failed = true;
         }
     }
 

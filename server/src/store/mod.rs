@@ -474,8 +474,6 @@ async fn take_rows_of(dataset: &Dataset, row_ids: &[u64], columns: &[String]) ->
     columns.iter().map(|c| taken.remove(c).ok_or_else(|| Error::internal(format!("take lost column {c}")))).collect()
 }
 
-/// A Lance error raised while planning a user's filter: almost always the filter itself, so
-/// anything but a storage (I/O) or not-found failure is reported as the filter's fault.
 /// A filter over the clock or chance admits other rows each time: what it admits is not
 /// cached.
 fn volatile_filter(filter: &str) -> bool {
@@ -494,7 +492,7 @@ fn volatile_filter(filter: &str) -> bool {
             rest = &rest[c.len_utf8()..];
         }
     }
-    ["now(", "random(", "uuid(", "current_date", "current_time", "to_unixtime("].iter().any(|f| compact.contains(f))
+    ["now(", "today(", "random(", "uuid(", "current_date", "current_time", "to_unixtime("].iter().any(|f| compact.contains(f))
 }
 
 /// Lance parses a filter as one SQL expression and ignores whatever follows a `;` ("true;
@@ -517,6 +515,8 @@ fn check_filter(filter: &str) -> Result<()> {
     Ok(())
 }
 
+/// A Lance error raised while planning a user's filter: almost always the filter itself, so
+/// anything but a storage (I/O) or not-found failure is reported as the filter's fault.
 fn lance_query_error(e: lance::Error, filter: &str) -> Error {
     use crate::error::ErrorKind;
     // Reading the rows can fail too (a file gone or damaged): that is the server's failure.
@@ -618,7 +618,7 @@ mod tests {
 
     #[test]
     fn filters_over_the_clock_or_chance_are_volatile() {
-        for filter in ["random() < 0.5", "RANDOM ( ) < 0.5", "random\n() < 0.5", "random/**/() < 0.5", "random -- x\n() < 0.5", "ts < now ()", "d = current_date"] {
+        for filter in ["random() < 0.5", "RANDOM ( ) < 0.5", "random\n() < 0.5", "random/**/() < 0.5", "random -- x\n() < 0.5", "ts < now ()", "d = current_date", "d >= Today()"] {
             assert!(volatile_filter(filter), "{filter}");
         }
         for filter in ["id = 'r-1'", "json_get_int(metadata, 'chapter') = 2", "n % 5 <> 0"] {
