@@ -200,9 +200,44 @@ impl GpuIndex {
         self.live_host[slot] != 0
     }
 
-    /// Deleted slots still holding device memory (a rebuild reclaims them).
+    /// Deleted slots still holding device memory (`compact` reclaims them).
     pub fn dead(&self) -> usize {
         self.dead
+    }
+
+    /// Moves the live rows together into buffers sized for them (device to device, one copy
+    /// per run of live slots), so deleted rows stop costing memory and scan time. Slots
+    /// change: afterwards slot i holds `ids()[i]`, and every slot is live.
+    pub fn compact(&mut self) -> Result<(), GpuError> {
+        let d = self.dim;
+        let live_rows = self.len();
+        let capacity = live_rows.max(1 << 14);
+        let mut data = self.stream.alloc_zeros(capacity * d).map_err(err("compact rows"))?;
+        let mut sq_norms = self.stream.alloc_zeros(capacity).map_err(err("compact norms"))?;
+        let mut to = 0;
+        let mut slot = 0;
+        while slot < self.rows {
+            if self.live_host[slot] == 0 {
+                slot += 1;
+                continue;
+            }
+            let run = self.live_host[slot..self.rows].iter().position(|l| *l == 0).unwrap_or(self.rows - slot);
+            let (from, n) = (slot, run);
+            self.stream.memcpy_dtod(&self.data.slice(from * d..(from + n) * d), &mut data.slice_mut(to * d..(to + n) * d)).map_err(err("compact rows"))?;
+            self.stream.memcpy_dtod(&self.sq_norms.slice(from..from + n), &mut sq_norms.slice_mut(to..to + n)).map_err(err("compact norms"))?;
+            to += n;
+            slot += n;
+        }
+        let mut live = self.stream.alloc_zeros(capacity).map_err(err("compact live"))?;
+        self.stream.memcpy_htod(&vec![1u8; live_rows], &mut live.slice_mut(..live_rows)).map_err(err("compact live"))?;
+        let ids: Vec<u64> = self.ids.iter().zip(&self.live_host).filter(|(_, l)| **l != 0).map(|(id, _)| *id).collect();
+        self.scores = self.stream.alloc_zeros(capacity).map_err(err("compact scores"))?;
+        self.mask = self.stream.alloc_zeros(capacity).map_err(err("compact mask"))?;
+        (self.data, self.sq_norms, self.live) = (data, sq_norms, live);
+        self.ids = ids;
+        self.live_host = vec![1; live_rows];
+        (self.rows, self.capacity, self.dead) = (live_rows, capacity, 0);
+        Ok(())
     }
 
     /// Marks many slots deleted with one upload of the live bytes.

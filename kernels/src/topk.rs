@@ -34,7 +34,9 @@ pub struct TopK {
 
 impl TopK {
     pub fn new(k: usize) -> Self {
-        TopK { k, heap: BinaryHeap::with_capacity(k.min(1 << 16) + 1) }
+        // A search keeps one TopK per 1024-row task until they are merged: reserving all of a
+        // large k up front would cost k slots per task, most never filled.
+        TopK { k, heap: BinaryHeap::with_capacity(k.min(1 << 10) + 1) }
     }
 
     #[inline]

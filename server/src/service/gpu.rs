@@ -62,6 +62,9 @@ mod mirror {
 
     use super::*;
 
+    /// Deleted rows worth a compaction (fewer cost little memory or scan time).
+    const RECLAIM_MIN_DEAD: usize = 1 << 14;
+
     pub struct GpuMirror {
         index: GpuIndex,
         /// Device slot of each live row id.
@@ -98,7 +101,8 @@ mod mirror {
         pub fn remove_segment(&mut self, segment: u32) -> Result<(), String> {
             let Some(ids) = self.segments.remove(&segment) else { return Ok(()) };
             let slots: Vec<usize> = ids.iter().filter_map(|id| self.slots.remove(id)).collect();
-            self.index.remove_many(&slots).map_err(|e| e.to_string())
+            self.index.remove_many(&slots).map_err(|e| e.to_string())?;
+            self.reclaim()
         }
 
         /// Keeps only `keep` (sorted row ids) of a fragment: the rest were deleted.
@@ -107,7 +111,22 @@ mod mirror {
             let (kept, gone): (Vec<u64>, Vec<u64>) = ids.iter().partition(|id| keep.binary_search(id).is_ok());
             *ids = kept;
             let slots: Vec<usize> = gone.iter().filter_map(|id| self.slots.remove(id)).collect();
-            self.index.remove_many(&slots).map_err(|e| e.to_string())
+            self.index.remove_many(&slots).map_err(|e| e.to_string())?;
+            self.reclaim()
+        }
+
+        /// Deleted rows keep their device memory and are still scanned (as +inf): once they
+        /// outnumber the live rows (every rewrite of a fragment leaves its old rows behind),
+        /// the live rows are moved together and their slots renumbered.
+        fn reclaim(&mut self) -> Result<(), String> {
+            let (dead, live) = (self.index.dead(), self.index.len());
+            if dead < RECLAIM_MIN_DEAD || dead < live {
+                return Ok(());
+            }
+            self.index.compact().map_err(|e| e.to_string())?;
+            self.slots = self.index.ids().iter().enumerate().map(|(slot, &id)| (id, slot)).collect();
+            tracing::debug!(reclaimed = dead, live, "GPU mirror compacted");
+            Ok(())
         }
 
         /// The k nearest live rows (that `filter` admits) to each query (`queries` is

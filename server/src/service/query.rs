@@ -235,7 +235,8 @@ impl TableService {
                 }
                 let metric = q.metric.unwrap_or_else(|| table_metric(&table_schema));
                 if metric == Metric::L2 {
-                    // Past this, every squared distance from the query is infinite in float32.
+                    // Past this, l2 distances from the query overflow float32 (all but those to
+                    // rows very near it).
                     let (i, squares) = vectors
                         .iter()
                         .map(|v| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
@@ -244,7 +245,7 @@ impl TableService {
                     if squares > f64::from(f32::MAX) {
                         let name = if batched { format!("vectors[{i}]") } else { "vector".to_string() };
                         return Err(Error::invalid(format!(
-                            "{name}'s squared length {squares:e} is past float32's range, so every l2 distance from it would be infinite: scale the vectors down (or search with metric cosine)"
+                            "{name}'s squared length {squares:e} is past float32's range (3.4e38), where l2 distances from it overflow: scale the vectors down (or search with metric cosine)"
                         )));
                     }
                 }
