@@ -21,6 +21,15 @@
 
 #define METRIC_L2 2
 
+#define FLOAT_MAX 3.402823466e+38f
+
+// A distance that overflowed float32, pinned to float32's largest value of its sign as the CPU
+// engine does (+inf marks excluded rows); NaN ranks farthest.
+__device__ __forceinline__ float in_range(float d)
+{
+    return d != d ? FLOAT_MAX : fminf(fmaxf(d, -FLOAT_MAX), FLOAT_MAX);
+}
+
 // `sum` is q·x, or Σ(q − x)² for l2.
 __device__ __forceinline__ float finish_distance(
     float sum, float q_sq, float x_sq, int metric, bool keep)
@@ -32,9 +41,9 @@ __device__ __forceinline__ float finish_distance(
         return (x_sq == 0.0f || q_sq == 0.0f) ? 1.0f : 1.0f - sum;
     }
     if (metric == 1) {
-        return -sum;
+        return in_range(-sum);
     }
-    return sum;
+    return in_range(sum);
 }
 
 extern "C" __global__ void score_rows(

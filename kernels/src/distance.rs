@@ -55,8 +55,8 @@ impl PreparedQuery {
     #[inline]
     pub fn distance(&self, row: &[f32]) -> f32 {
         match self.metric {
-            Metric::Dot => -dot(&self.vector, row),
-            Metric::L2 => squared_l2(&self.vector, row),
+            Metric::Dot => in_range(-dot(&self.vector, row)),
+            Metric::L2 => in_range(squared_l2(&self.vector, row)),
             Metric::Cosine => {
                 let (qx, xx) = dot_and_norm(&self.vector, row);
                 // A row beyond f32's squares (rare) still has a length: `norm` finds it.
@@ -161,6 +161,15 @@ pub fn normalize(v: &mut [f32]) -> f32 {
         }
     }
     n
+}
+
+/// A distance that overflowed float32 (dot and l2 over values near 1e19 and beyond) pinned to
+/// float32's largest value of its sign: it still ranks, the same on every path, where ±∞
+/// would be taken for an excluded row (those score +∞). NaN (∞ − ∞ inside a dot product)
+/// ranks farthest.
+#[inline]
+pub fn in_range(distance: f32) -> f32 {
+    if distance.is_nan() { f32::MAX } else { distance.clamp(-f32::MAX, f32::MAX) }
 }
 
 /// q · x

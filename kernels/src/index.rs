@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use crate::distance::{dot, norm, normalize, squared_l2, Metric};
+use crate::distance::{dot, in_range, norm, normalize, squared_l2, Metric};
 use crate::topk::{Neighbor, TopK};
 
 /// Rows per parallel work item (≈ 1.5 MiB of f32 at dim 384: big enough to amortise
@@ -459,7 +459,7 @@ impl BatchQueries<'_> {
                 let qx = scores[i * nq + j];
                 let q_norm = self.norms[j];
                 match self.metric {
-                    Metric::Dot => list.top.push(-qx, id),
+                    Metric::Dot => list.top.push(in_range(-qx), id),
                     Metric::L2 => {
                         let scale = q_norm * q_norm + sq_norm;
                         list.push_bounded(scale - 2.0 * qx, l2_error * scale, id);
@@ -517,8 +517,8 @@ fn prefetch(row: &[f32]) {
 fn row_distance(metric: Metric, q: &[f32], q_norm: f32, s: &Segment, i: usize, dim: usize) -> f32 {
     let row = &s.data[i * dim..(i + 1) * dim];
     match metric {
-        Metric::Dot => -dot(q, row),
-        Metric::L2 => squared_l2(q, row),
+        Metric::Dot => in_range(-dot(q, row)),
+        Metric::L2 => in_range(squared_l2(q, row)),
         Metric::Cosine => {
             if q_norm == 0.0 || s.sq_norms[i] == 0.0 {
                 1.0

@@ -13,7 +13,7 @@ pub mod hnsw;
 mod index;
 mod topk;
 
-pub use distance::{dot, norm, normalize, simd_tier, squared_l2, Metric, PreparedQuery, SimdTier};
+pub use distance::{dot, in_range, norm, normalize, simd_tier, squared_l2, Metric, PreparedQuery, SimdTier};
 pub use index::{position_in_sorted, FlatIndex, RowFilter};
 pub use topk::{Neighbor, TopK};
 

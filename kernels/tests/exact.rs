@@ -175,6 +175,38 @@ mod flat_index {
         }
     }
 
+    /// Distances past float32's range (dot and l2 over values near 1e19) still rank, pinned to
+    /// ±f32::MAX, the same on every path: none is dropped as if excluded, none is ±∞ or NaN.
+    #[test]
+    fn overflowing_distances_rank_the_same_on_every_path() {
+        use hyprstream_kernels::{search_block, PreparedQuery, TopK};
+        let dim = 4;
+        let rows: Vec<f32> = [[4e19, 0.0, 0.0, 0.0], [5e19, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [-3e38, 3e38, 0.0, 0.0]].concat();
+        let query = [5e19f32, 0.0, 0.0, 0.0];
+        for metric in [Metric::Dot, Metric::L2] {
+            let mut index = FlatIndex::new(dim, metric);
+            index.insert_segment(0, (0..4).collect(), rows.clone(), None);
+            let single = index.search(&query, 4, None);
+            let batched = index.search_batch(&query, 4, None).remove(0);
+            let mut top = TopK::new(4);
+            search_block(&PreparedQuery::new(metric, query.to_vec()), &rows, None, None, 0, &mut Vec::new(), &mut top);
+            let scanned = top.into_sorted();
+            assert_eq!(single.len(), 4, "{metric:?}: every row ranks");
+            assert!(single.iter().all(|n| n.distance.is_finite()), "{metric:?}: {single:?}");
+            assert_eq!(batched, single, "{metric:?}: batched");
+            assert_eq!(scanned, single, "{metric:?}: scan");
+            let got: Vec<(f32, u64)> = single.iter().map(|n| (n.distance, n.id)).collect();
+            // dot: both huge rows pass −f32::MAX (ties go to the smaller id); the last row's
+            // product is −∞, so its distance is pinned to f32::MAX. l2: row 1 is the query
+            // itself, row 0 is 1e19 away (1e38 squared, in range), the others are past range.
+            let want = match metric {
+                Metric::Dot => vec![(-f32::MAX, 0), (-f32::MAX, 1), (-5e19, 2), (f32::MAX, 3)],
+                _ => vec![(0.0, 1), ((4e19f32 - 5e19f32).powi(2), 0), (f32::MAX, 2), (f32::MAX, 3)],
+            };
+            assert_eq!(got, want, "{metric:?} ranking");
+        }
+    }
+
     #[test]
     fn rerank_scores_only_the_candidates_like_a_filtered_search() {
         for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {

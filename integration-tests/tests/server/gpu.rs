@@ -17,11 +17,14 @@ async fn exact_search_on_the_gpu_matches_the_reference_and_follows_writes() {
     for metric in ["cosine", "dot", "l2"] {
         let table = format!("g_{metric}");
         let mut rows = random_rows("r", ROWS, DIM);
-        let b = batch(&rows, DIM);
-        let mut meta = b.schema().metadata().clone();
-        meta.insert("hyprstream.metric".into(), metric.into());
-        let schema = std::sync::Arc::new(b.schema().as_ref().clone().with_metadata(meta));
-        let b = b.with_schema(schema).unwrap();
+        let with_metric = |rows: &[Row]| {
+            let b = batch(rows, DIM);
+            let mut meta = b.schema().metadata().clone();
+            meta.insert("hyprstream.metric".into(), metric.into());
+            let schema = std::sync::Arc::new(b.schema().as_ref().clone().with_metadata(meta));
+            b.with_schema(schema).unwrap()
+        };
+        let b = with_metric(&rows);
         for chunk in 0..4 {
             client.put(&table, vec![b.slice(chunk * ROWS / 4, ROWS / 4)]).await.unwrap();
         }
@@ -67,6 +70,26 @@ async fn exact_search_on_the_gpu_matches_the_reference_and_follows_writes() {
         client.put(&table, vec![batch(&fresh, DIM)]).await.unwrap();
         let found = client.search(&table, fresh[0].embedding.clone().unwrap(), 1).await.unwrap();
         assert_eq!(string_column(&found, "id"), vec!["new-0".to_string()]);
+        rows.extend(fresh);
+
+        // Rewriting every row twice (the same ids, new vectors) leaves twice as many deleted
+        // rows on the device as live ones: the mirror compacts them away (once they outnumber
+        // the live rows) and still answers exactly.
+        let mut rewritten = Vec::new();
+        for _ in 0..2 {
+            rewritten = random_rows("r", ROWS, DIM);
+            client.put(&table, vec![with_metric(&rewritten)]).await.unwrap();
+        }
+        rows.retain(|r| r.id.starts_with("new-"));
+        rows.extend(rewritten);
+        for k in [1, 10] {
+            let q = random_vector(DIM);
+            check(&rows, &client.search(&table, q.clone(), k).await.unwrap(), &q, k, &|_| true);
+        }
+        let target = rows[ROWS / 2].embedding.clone().unwrap();
+        let found = client.search(&table, target.clone(), 3).await.unwrap();
+        check(&rows, &found, &target, 3, &|_| true);
+        assert_eq!(string_column(&found, "id")[0], rows[ROWS / 2].id);
     }
 }
 

@@ -221,3 +221,38 @@ async fn base64_vectors_answer_exactly_like_arrays() {
     let hits: Vec<serde_json::Value> = serde_json::from_slice(&hits[0]).unwrap();
     assert_eq!(hits.iter().map(|h| h["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), string_column(&array, "id"));
 }
+
+/// Dot products past float32's range (values near 1e19) still rank, pinned to ±3.4e38, and the
+/// in-memory engine (latest version) and the scan of a pinned version agree: no row is dropped
+/// and no distance is ±∞.
+#[tokio::test(flavor = "multi_thread")]
+async fn overflowing_distances_rank_alike_on_the_engine_and_a_pinned_version() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let mut rows = random_rows("h", 4, DIM);
+    let lead = [[4e19f32, 0.0], [5e19, 0.0], [1.0, 1.0], [-3e38, 3e38]];
+    for (row, lead) in rows.iter_mut().zip(lead) {
+        let mut e = vec![0.0f32; DIM];
+        e[..2].copy_from_slice(&lead);
+        row.embedding = Some(e);
+    }
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    let pinned = client.describe_table("t").await.unwrap().version;
+    let mut extra = random_rows("x", 1, DIM);
+    let mut e = vec![0.0f32; DIM];
+    e[0] = 0.5;
+    extra[0].embedding = Some(e);
+    client.put("t", vec![batch(&extra, DIM)]).await.unwrap();
+
+    let mut q = vec![0.0f32; DIM];
+    q[0] = 5e19;
+    let search = Query { metric: Some(Metric::Dot), ..Query::search("t", q, 10) };
+    let latest = client.query(&search).await.unwrap();
+    let old = client.query(&Query { version: Some(pinned), ..search }).await.unwrap();
+    let path = |r: &hyprstream_client::Rows| r.schema.metadata().get("hyprstream.search_path").cloned().unwrap_or_default();
+    assert_eq!((path(&latest).as_str(), path(&old).as_str()), ("exact_cpu", "exact_cpu_scan"));
+    assert_eq!(string_column(&latest, "id"), ["h-0", "h-1", "h-2", "x-0", "h-3"]);
+    assert_eq!(distances(&latest), [-f32::MAX, -f32::MAX, -5e19, -2.5e19, f32::MAX]);
+    assert_eq!(string_column(&old, "id"), ["h-0", "h-1", "h-2", "h-3"]);
+    assert_eq!(distances(&old), [-f32::MAX, -f32::MAX, -5e19, f32::MAX]);
+}
