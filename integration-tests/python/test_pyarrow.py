@@ -191,3 +191,34 @@ def test_quickstart_example_runs(server):
     )
     assert out.returncode == 0, out.stderr
     assert "nearest" in out.stdout
+
+
+def test_a_compressed_put_counts_its_decoded_size(tmp_path):
+    """--max-put-bytes bounds what a put holds in memory: a zstd-compressed stream is counted as
+    decoded, not as the few bytes it takes on the wire."""
+    from conftest import Server
+
+    s = Server(str(tmp_path), ["--max-put-bytes", "1000000"])
+    try:
+        c = flight.connect(s.url)
+        zstd = flight.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression="zstd"))
+
+        def put_compressed(name, table):
+            w, r = c.do_put(flight.FlightDescriptor.for_path(name), table.schema, options=zstd)
+            for batch in table.to_batches(max_chunksize=20):
+                w.write_batch(batch)
+            w.done_writing()
+            r.read()
+            w.close()
+
+        _, small = make_table(10)
+        put_compressed("z", small)  # decoded as it should be
+        assert get(c, {"table": "z"}).num_rows == 10
+        # 200 rows of 10 kB of zeros: 2 MB decoded, a few kB compressed.
+        _, big = make_table(200, prefix="big")
+        big = big.set_column(3, "raw_data", pa.array([bytes(10_000)] * 200, pa.binary()))
+        with pytest.raises(pa.ArrowException, match="split the rows into several puts"):
+            put_compressed("z", big)
+        assert get(c, {"table": "z"}).num_rows == 10  # nothing of the refused put was written
+    finally:
+        s.stop()

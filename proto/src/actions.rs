@@ -43,7 +43,7 @@ pub const ACTIONS: &[ActionSpec] = &[
     },
     ActionSpec {
         name: "versions",
-        description: "List the table's versions with timestamps and row counts.",
+        description: "List the table's versions with their timestamps.",
         example: r#"{"table": "sherlock_data"}"#,
     },
     ActionSpec {
@@ -179,6 +179,7 @@ pub struct TableRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Delete {
+    #[serde(alias = "name")]
     pub table: String,
     pub filter: String,
 }
@@ -186,6 +187,7 @@ pub struct Delete {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Restore {
+    #[serde(alias = "name")]
     pub table: String,
     pub version: u64,
 }

@@ -211,3 +211,39 @@ async fn bad_actions_are_refused_precisely() {
     assert_status(client.delete("models", "layer_id = 3").await, Code::InvalidArgument, "drop_model");
     unchanged(&mut client, before).await;
 }
+
+/// A put may not name a table's embedding model (create_table does, checking the model) nor
+/// store a column under a name results add or Lance keeps for itself: refused, nothing written.
+/// Other `hyprstream.*` keys (a search result's, put back) are not the table's and are dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn puts_naming_a_model_or_a_reserved_column_are_refused() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let before = fixture(&mut client).await;
+    let b = batch(&random_rows("m", 5, DIM), DIM);
+    let with_meta = |key: &str, value: &str| {
+        let mut meta = b.schema().metadata().clone();
+        meta.insert(key.into(), value.into());
+        b.clone().with_schema(Arc::new(b.schema().as_ref().clone().with_metadata(meta))).unwrap()
+    };
+    for key in ["hyprstream.embedding_model", "hyprstream.embedding_model_version"] {
+        assert_status(client.put("m", vec![with_meta(key, "all-minilm-l6-v2")]).await, Code::InvalidArgument, "create_table");
+    }
+    for name in ["_query", "_distance", "_rowid", "_rowaddr"] {
+        let mut fields = b.schema().fields().to_vec();
+        fields.push(Arc::new(Field::new(name, DataType::Int64, true)));
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from(vec![1i64; 5])) as ArrayRef);
+        let extra = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        assert_status(client.put("m", vec![extra]).await, Code::InvalidArgument, &format!("column '{name}' is a reserved name"));
+    }
+    assert_status(client.describe_table("m").await, Code::NotFound, "m");
+    unchanged(&mut client, before).await;
+
+    // A search result's path key put back is dropped; the metric a put names is kept.
+    client.put("m", vec![with_meta("hyprstream.search_path", "exact_cpu")]).await.unwrap();
+    let scanned = client.scan("m").await.unwrap();
+    assert!(!scanned.schema.metadata().contains_key("hyprstream.search_path"), "{:?}", scanned.schema.metadata());
+    client.put("l", vec![with_meta("hyprstream.metric", "l2")]).await.unwrap();
+    assert_eq!(client.describe_table("l").await.unwrap().metric, Metric::L2);
+}

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::service::TableService;
 
 /// Runs one action; each item of the stream is one Flight `Result`. Most actions answer
-/// once; `create_index` reports `started` at once and `done` when the build commits.
+/// once; `create_index` reports `started` once the request is checked and `done` when the
+/// build commits.
 pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<BoxStream<'static, Result<Bytes>>> {
     let what = format!("action '{name}' body");
     if name == names::CREATE_INDEX {
@@ -57,16 +58,20 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
     Ok(stream::once(async { Ok(result) }).boxed())
 }
 
+/// `create_index` streams `started` once the request is checked (a refused one ends the call
+/// with its status and nothing before it), then `done`. The build runs to its commit even if
+/// the client goes away: it is several commits when it replaces an index.
 async fn create_index(tables: Arc<TableService>, req: CreateIndex) -> Result<BoxStream<'static, Result<Bytes>>> {
-    // Refuse an unknown table now, as a status on the call, not mid-stream.
-    tables.describe(&req.table).await?;
-    let started = IndexProgress { stage: "started".into(), table: req.table.clone(), index: None, version: None, seconds: 0.0 };
-    let first = json_bytes(&started)?;
-    let build = async move {
-        let (index, version, seconds) = tables.create_index(req.clone()).await?;
+    let started = json_bytes(&IndexProgress { stage: "started".into(), table: req.table.clone(), index: None, version: None, seconds: 0.0 })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let (index, version, seconds) = tables.create_index(req.clone(), move || drop(tx.send(started))).await?;
         json_bytes(&IndexProgress { stage: "done".into(), table: req.table, index: Some(index), version: Some(version), seconds })
-    };
-    Ok(stream::once(async { Ok(first) }).chain(stream::once(build)).boxed())
+    });
+    // `started` if the build began (the sender is dropped unused when the request is refused).
+    let progress = stream::once(rx).filter_map(|sent| async move { sent.ok().map(Ok) });
+    let outcome = stream::once(async move { task.await.unwrap_or_else(|e| Err(Error::internal(format!("index build task failed: {e}")))) });
+    Ok(progress.chain(outcome).boxed())
 }
 
 /// `import_model` streams `reading`, one `layer` per layer, then `done`; a failure ends the

@@ -171,8 +171,10 @@ impl FlightService for HyprstreamFlight {
             .ok_or_else(|| Status::invalid_argument("DoPut stream is empty: send a schema message first"))?;
         let (table, mode) = parse_put_descriptor(first.flight_descriptor.as_ref()).map_err(to_status)?;
 
-        // Bytes as they arrive on the wire (a decoded batch's own size counts the message's
-        // shared buffer once per column).
+        // Bytes as they arrive on the wire, and as decoded: a compressed stream (IPC lz4/zstd)
+        // holds many times its wire size once decoded. A decoded batch's slices are counted,
+        // not its buffers (an uncompressed batch's columns share one message buffer).
+        let mut decoded = 0usize;
         let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = received.clone();
         let data = stream::once(async { Ok(first) }).chain(messages.map_err(FlightError::from)).inspect_ok(move |m: &FlightData| {
@@ -181,7 +183,8 @@ impl FlightService for HyprstreamFlight {
         let mut decoder = FlightRecordBatchStream::new_from_flight_data(data);
         let mut batches = Vec::new();
         while let Some(batch) = decoder.try_next().await.map_err(decode_error)? {
-            if received.load(std::sync::atomic::Ordering::Relaxed) > self.max_put_bytes {
+            decoded += batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum::<usize>();
+            if received.load(std::sync::atomic::Ordering::Relaxed).max(decoded) > self.max_put_bytes {
                 // Refused before the whole stream is read: nothing was written.
                 return Err(Status::resource_exhausted(format!(
                     "this put passed {} bytes (the server's --max-put-bytes) at batch {}: split the rows into several puts (each commits one version)",

@@ -28,8 +28,9 @@ fn default_sub_vectors(dim: usize) -> usize {
 
 impl TableService {
     /// Builds the index a `create_index` body asks for; returns it, the new version and
-    /// the build time in seconds.
-    pub async fn create_index(&self, req: CreateIndex) -> Result<(IndexInfo, u64, f64)> {
+    /// the build time in seconds. `started` is called once the request is checked, as the
+    /// build begins (a refused request never calls it).
+    pub async fn create_index(&self, req: CreateIndex, on_start: impl FnOnce()) -> Result<(IndexInfo, u64, f64)> {
         validate_table_name(&req.table)?;
         let started = Instant::now();
         let _guard = self.write_lock(&req.table).await;
@@ -114,6 +115,7 @@ impl TableService {
             )));
         }
         tracing::info!(table = %req.table, column = %column, kind = ?req.kind, rows, "building index");
+        on_start();
         let mut dataset = self.store().create_index(&req.table, dataset, &column, Some(name.clone()), &spec).await?;
         // One vector index and one scalar index per column: the new one replaces the column's
         // index of its sort under any other name (only once it is built, so a failed build

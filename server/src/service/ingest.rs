@@ -14,6 +14,7 @@ use arrow::array::{
 use arrow::compute::cast;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use hyprstream_proto::columns::{DATA_TYPE, EMBEDDING, ID, METADATA, RAW_DATA};
+use hyprstream_proto::schema_keys;
 
 use crate::error::{Error, Result};
 
@@ -83,9 +84,19 @@ fn stored_field(field: &Field, dim: Option<usize>) -> Result<Field> {
             }
             metadata_field()
         }
+        name if RESERVED_COLUMNS.contains(&name) => {
+            return Err(Error::invalid(format!(
+                "column '{name}' is a reserved name ({}): rename it",
+                if name.starts_with("_row") { "Lance adds it when asked for row ids" } else { "searches add it to their results" }
+            )))
+        }
         _ => field.clone(),
     })
 }
+
+/// Column names results add (`_distance`, `_query`) or Lance keeps for itself: a stored
+/// column of that name would clash with them on every read.
+const RESERVED_COLUMNS: [&str; 4] = ["_distance", "_query", "_rowid", "_rowaddr"];
 
 pub fn embedding_field(dim: usize) -> Field {
     Field::new(EMBEDDING, DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), dim as i32), true)
@@ -203,8 +214,15 @@ pub fn prepare(input: &Schema, batches: Vec<RecordBatch>, table: Option<&Schema>
         }
         None => {
             let fields = input.fields().iter().map(|f| stored_field(f, dim)).collect::<Result<Vec<_>>>()?;
+            if let Some(key) = input.metadata().keys().find(|k| k.starts_with(schema_keys::EMBEDDING_MODEL)) {
+                return Err(Error::invalid(format!(
+                    "schema metadata '{key}' cannot be set by a put: a table's embedding model is chosen with create_table {{\"embedding_model\": …}}; remove the key from the stream's schema"
+                )));
+            }
+            // Only the metric is the put's to set; other keys (pandas', a result's search
+            // path) are not the table's.
             let mut metadata = input.metadata().clone();
-            metadata.retain(|k, _| k.starts_with("hyprstream."));
+            metadata.retain(|k, _| k == schema_keys::METRIC);
             Arc::new(Schema::new_with_metadata(fields, metadata))
         }
     };

@@ -395,7 +395,10 @@ impl Store {
 
     /// Compacts small fragments, then folds unindexed rows into the existing indexes.
     pub async fn optimize(&self, table: &str, mut dataset: Dataset) -> Result<Compaction> {
+        // Up to three commits: each is remembered as it lands, so a later step's failure
+        // leaves the cache on what was committed, not on the version before.
         let metrics = compact_files(&mut dataset, CompactionOptions::default(), None).await.map_err(lance_error)?;
+        self.remember(table, &dataset);
         let indexes = dataset.load_indices().await.map_err(lance_error)?;
         if !indexes.is_empty() {
             let retrained = pq_dot_indexes(&dataset, &indexes).await?;
@@ -409,6 +412,7 @@ impl Store {
                 // of what `optimize` is for. For an HNSW index this rebuilds the graph.
                 let options = OptimizeOptions::merge(1).index_names(merged);
                 dataset.optimize_indices(&options).await.map_err(lance_error)?;
+                self.remember(table, &dataset);
             }
             if !retrained.is_empty() {
                 let options = OptimizeOptions::retrain().index_names(retrained);
