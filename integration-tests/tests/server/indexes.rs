@@ -457,6 +457,21 @@ async fn bad_index_requests_are_refused() {
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "annoy"}))).await, Code::InvalidArgument, "unknown variant");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "column": "data_type"}))).await, Code::InvalidArgument, "fixed_size_list");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "m": 8}))).await, Code::InvalidArgument, "apply to ivf_hnsw_sq and ivf_hnsw_flat only");
+    for extra in [serde_json::json!({"metric": "l2"}), serde_json::json!({"num_partitions": 4})] {
+        let mut body = serde_json::json!({"table": "small", "type": "btree", "column": "id"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        assert_status(client.action_raw("create_index", call(body)).await, Code::InvalidArgument, "apply to vector indexes");
+    }
+    // A refused build ends the call with its status and no `started` before it.
+    let mut stream = client
+        .flight()
+        .do_action(arrow_flight::Action::new("create_index", call(serde_json::json!({"table": "small", "type": "ivf_pq"}))))
+        .await
+        .unwrap();
+    match futures::StreamExt::next(&mut stream).await {
+        Some(Err(arrow_flight::error::FlightError::Tonic(status))) => assert_eq!(status.code(), Code::InvalidArgument, "{status}"),
+        other => panic!("expected the refusal first, got {other:?}"),
+    }
     assert_status(client.query(&Query { nprobes: Some(3), ..Query::search("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "\"exact\": false");
     assert_status(client.query(&Query { ef: Some(5), ..ann("small", random_vector(DIM), 10) }).await, Code::InvalidArgument, "ef 5 is below the 10 candidates");
     assert_status(client.query(&Query { ef: Some(15), refine: Some(2), ..ann("small", random_vector(DIM), 10) }).await, Code::InvalidArgument, "use ef ≥ 20");

@@ -220,6 +220,20 @@ async fn auto_embedding_on_put_and_text_search_over_sherlock() {
     let image = Row { id: "img-1".into(), embedding: None, data_type: "image", raw: vec![0x89, b'P', b'N', b'G'], metadata: None };
     let summary = client.put("sherlock", vec![batch(&[image], 384)]).await.unwrap();
     assert_eq!((summary.inserted, summary.embedded, summary.not_embedded), (1, 0, 1));
+    // An overwrite keeps a model table's schema and metric: one naming another metric is
+    // refused, and the table is untouched.
+    let other = Row { id: "img-2".into(), embedding: None, data_type: "image", raw: vec![1], metadata: None };
+    let b = batch(&[other], 384);
+    let mut meta = b.schema().metadata().clone();
+    meta.insert("hyprstream.metric".into(), "l2".into());
+    let b = b.clone().with_schema(Arc::new(b.schema().as_ref().clone().with_metadata(meta))).unwrap();
+    let rows_before = client.describe_table("sherlock").await.unwrap().rows;
+    assert_status(
+        client.put_with_mode("sherlock", hyprstream_client::proto::PutMode::Overwrite, vec![b]).await,
+        Code::InvalidArgument,
+        "keeps its schema and metric",
+    );
+    assert_eq!(client.describe_table("sherlock").await.unwrap().rows, rows_before);
 
     // Every text row carries the model version that embedded it; the image row none.
     let rows = client

@@ -98,6 +98,9 @@ impl TableService {
         } else {
             IndexSpec::Bitmap
         };
+        if (req.metric.is_some() || req.num_partitions.is_some()) && !req.kind.is_vector() {
+            return Err(Error::invalid("metric and num_partitions apply to vector indexes (ivf_*) only"));
+        }
         if req.num_sub_vectors.is_some() && req.kind != IndexKind::IvfPq {
             return Err(Error::invalid("num_sub_vectors applies to ivf_pq only"));
         }

@@ -35,6 +35,9 @@ pub use query::QueryOutput;
 /// Largest accepted vector dimension.
 pub const MAX_DIM: usize = 65_536;
 
+/// Write locks kept before the ones nobody uses are swept (see `write_lock`).
+const WRITE_LOCKS_SWEEP_AT: usize = 1024;
+
 pub struct TableService {
     store: Store,
     write_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -113,6 +116,12 @@ impl TableService {
     pub(crate) async fn write_lock(&self, table: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.write_locks.lock().expect("write-lock map poisoned");
+            // A lock is made before the table is looked up, so calls naming tables that never
+            // existed add entries: once there are many, those no writer holds or waits on
+            // (only the map has them) go.
+            if locks.len() >= WRITE_LOCKS_SWEEP_AT {
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
             locks.entry(table.to_string()).or_default().clone()
         };
         lock.lock_owned().await

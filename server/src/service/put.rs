@@ -31,6 +31,13 @@ impl TableService {
                 // A table with an embedding model keeps its schema (and model) on overwrite.
                 let table_schema = dataset_schema(&dataset);
                 let model = table_embedding_model(&table_schema).expect("matched");
+                let metric = table_metric(&table_schema);
+                if input.metadata().contains_key(TABLE_METRIC) && requested_metric(input)? != metric {
+                    return Err(Error::invalid(format!(
+                        "table '{table}' embeds with model '{model}' and ranks by {}; an overwrite keeps its schema and metric (drop the table and create_table it again to change them)",
+                        metric.as_str()
+                    )));
+                }
                 let (ingest, embedded, not_embedded) =
                     self.embed_missing(&model, ingest::prepare(input, batches, Some(&table_schema))?).await?;
                 let rows = ingest.rows as u64;
