@@ -112,6 +112,14 @@ async fn bad_puts_change_nothing() {
     rows[1].data_type = "video";
     assert_status(client.put("t", vec![batch(&rows, DIM)]).await, Code::InvalidArgument, "must be 'text' or 'image'");
 
+    // Row numbers count from the put's first row, across its batches.
+    let mut rows = random_rows("rn", 6, DIM);
+    rows[4].data_type = "video";
+    assert_status(client.put("t", vec![batch(&rows[..3], DIM), batch(&rows[3..], DIM)]).await, Code::InvalidArgument, "row 4 (id 'rn-4')");
+    rows[4].data_type = "text";
+    rows[5].embedding = Some(vec![f32::INFINITY; DIM]);
+    assert_status(client.put("t", vec![batch(&rows[..3], DIM), batch(&rows[3..], DIM)]).await, Code::InvalidArgument, "row 5 has a non-finite value");
+
     // Invalid metadata JSON.
     let mut rows = random_rows("js", 3, DIM);
     rows[2].metadata = Some("{chapter: 3".into());
@@ -246,4 +254,32 @@ async fn puts_naming_a_model_or_a_reserved_column_are_refused() {
     assert!(!scanned.schema.metadata().contains_key("hyprstream.search_path"), "{:?}", scanned.schema.metadata());
     client.put("l", vec![with_meta("hyprstream.metric", "l2")]).await.unwrap();
     assert_eq!(client.describe_table("l").await.unwrap().metric, Metric::L2);
+}
+
+/// A column beyond the five takes its first put's type; later puts may send another width of
+/// the same kind (pyarrow's string into a table Polars made with large_string), nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_columns_take_another_width_of_their_kind_only() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let put_title = |title: ArrayRef, id: &str| {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("title", title.data_type().clone(), true)]));
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![id])) as ArrayRef, title]).unwrap()
+    };
+    client.put("ext", vec![put_title(Arc::new(arrow::array::LargeStringArray::from(vec!["A Study in Scarlet"])), "a")]).await.unwrap();
+    client.put("ext", vec![put_title(Arc::new(StringArray::from(vec!["The Sign of the Four"])), "b")]).await.unwrap();
+    let titles: Vec<String> = client
+        .scan("ext")
+        .await
+        .unwrap()
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column_by_name("title").unwrap(), &DataType::Utf8).unwrap();
+            c.as_any().downcast_ref::<StringArray>().unwrap().iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(titles, ["A Study in Scarlet", "The Sign of the Four"]);
+    assert_status(client.put("ext", vec![put_title(Arc::new(Int64Array::from(vec![3])), "c")]).await, Code::InvalidArgument, "column 'title' has type Int64");
+    assert_eq!(client.describe_table("ext").await.unwrap().rows, 2);
 }

@@ -131,7 +131,11 @@ fn is_string(t: &DataType) -> bool {
 
 /// What `raw_data` takes: bytes, or text stored as its UTF-8 bytes.
 fn is_bytes(t: &DataType) -> bool {
-    is_string(t) || matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
+    is_string(t) || is_binary(t)
+}
+
+fn is_binary(t: &DataType) -> bool {
+    matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
 }
 
 /// What an `embedding` list may hold (cast to float32 on the way in).
@@ -241,14 +245,14 @@ pub fn prepare(input: &Schema, batches: Vec<RecordBatch>, table: Option<&Schema>
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
         for target_field in target.fields() {
             let column = match input.index_of(target_field.name()) {
-                Ok(i) => convert_column(input.field(i), batch.column(i), target_field)?,
+                Ok(i) => convert_column(input.field(i), batch.column(i), target_field, rows)?,
                 Err(_) => new_null_array(target_field.data_type(), batch.num_rows()),
             };
             columns.push(column);
         }
         let converted = RecordBatch::try_new(target.clone(), columns)
             .map_err(|e| Error::invalid(format!("rows do not fit the table schema: {e}")))?;
-        check_rows(&converted, &mut seen)?;
+        check_rows(&converted, &mut seen, rows)?;
         rows += converted.num_rows();
         out.push(converted);
     }
@@ -259,11 +263,12 @@ fn names(schema: &Schema) -> String {
     schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// Casts one column to its stored field, checking what a cast cannot.
-fn convert_column(input: &Field, column: &ArrayRef, target: &Field) -> Result<ArrayRef> {
+/// Casts one column to its stored field, checking what a cast cannot. `first_row` is the
+/// batch's first row's number in the put, for messages.
+fn convert_column(input: &Field, column: &ArrayRef, target: &Field, first_row: usize) -> Result<ArrayRef> {
     let name = target.name().as_str();
     match name {
-        EMBEDDING => convert_embedding(input, column, target),
+        EMBEDDING => convert_embedding(input, column, target, first_row),
         METADATA if is_json_binary(input) => Err(Error::invalid(
             "column 'metadata' arrived as JSONB; send it as pa.json_() or utf8 JSON text",
         )),
@@ -271,10 +276,13 @@ fn convert_column(input: &Field, column: &ArrayRef, target: &Field) -> Result<Ar
             if column.data_type() == target.data_type() {
                 return Ok(column.clone());
             }
+            let (from, to) = (column.data_type(), target.data_type());
             let compatible = match name {
-                ID | DATA_TYPE | METADATA => is_string(column.data_type()) && is_string(target.data_type()),
-                RAW_DATA => is_bytes(column.data_type()),
-                _ => false,
+                ID | DATA_TYPE | METADATA => is_string(from) && is_string(to),
+                RAW_DATA => is_bytes(from),
+                // Other columns: only another width of the same kind (a table made from
+                // Polars stores large_string, pyarrow sends string), which casts losslessly.
+                _ => (is_string(from) && is_string(to)) || (is_binary(from) && is_binary(to)),
             };
             if !compatible {
                 return Err(Error::invalid(format!(
@@ -289,7 +297,7 @@ fn convert_column(input: &Field, column: &ArrayRef, target: &Field) -> Result<Ar
     }
 }
 
-fn convert_embedding(input: &Field, column: &ArrayRef, target: &Field) -> Result<ArrayRef> {
+fn convert_embedding(input: &Field, column: &ArrayRef, target: &Field, first_row: usize) -> Result<ArrayRef> {
     let DataType::FixedSizeList(item, dim) = target.data_type() else {
         // An extra column called `embedding` on a table stored without one: treat as opaque.
         return Ok(column.clone());
@@ -342,16 +350,18 @@ fn convert_embedding(input: &Field, column: &ArrayRef, target: &Field) -> Result
         }
         if len != dim {
             return Err(Error::invalid(format!(
-                "column 'embedding': row {row} has a vector of length {len}; the table's dim is {dim}"
+                "column 'embedding': row {} has a vector of length {len}; the table's dim is {dim}",
+                first_row + row
             )));
         }
         let slice = &values.values()[start..start + len];
         if values.null_count() > 0 && (start..start + len).any(|i| values.is_null(i)) {
-            return Err(Error::invalid(format!("column 'embedding': row {row} has a null inside its vector")));
+            return Err(Error::invalid(format!("column 'embedding': row {} has a null inside its vector", first_row + row)));
         }
         if let Some(bad) = slice.iter().find(|v| !v.is_finite()) {
             return Err(Error::invalid(format!(
-                "column 'embedding': row {row} has a non-finite value ({bad}); vectors must be finite"
+                "column 'embedding': row {} has a non-finite value ({bad}); vectors must be finite",
+                first_row + row
             )));
         }
         flat.extend_from_slice(slice);
@@ -366,11 +376,12 @@ fn convert_embedding(input: &Field, column: &ArrayRef, target: &Field) -> Result
 }
 
 /// Row-level rules: ids present and unique across the whole put, data_type known, metadata JSON.
-fn check_rows(batch: &RecordBatch, seen: &mut HashSet<String>) -> Result<()> {
+/// `first_row` is the batch's first row's number in the put, for messages.
+fn check_rows(batch: &RecordBatch, seen: &mut HashSet<String>, first_row: usize) -> Result<()> {
     let ids = batch.column_by_name(ID).expect("id column").as_string::<i32>();
     for (row, id) in ids.iter().enumerate() {
         let Some(id) = id else {
-            return Err(Error::invalid(format!("column 'id': row {row} is null; every row needs an id")));
+            return Err(Error::invalid(format!("column 'id': row {} is null; every row needs an id", first_row + row)));
         };
         if !seen.insert(id.to_string()) {
             return Err(Error::invalid(format!("column 'id': '{id}' appears more than once in this put")));
@@ -381,7 +392,8 @@ fn check_rows(batch: &RecordBatch, seen: &mut HashSet<String>) -> Result<()> {
             // Null means "not said"; any value said must be one we know.
             if let Some(v) = value.filter(|v| !DATA_TYPES.contains(v)) {
                 return Err(Error::invalid(format!(
-                    "column 'data_type': row {row} (id '{}') is '{v}'; it must be 'text' or 'image' (or null)",
+                    "column 'data_type': row {} (id '{}') is '{v}'; it must be 'text' or 'image' (or null)",
+                    first_row + row,
                     ids.value(row)
                 )));
             }
@@ -392,7 +404,8 @@ fn check_rows(batch: &RecordBatch, seen: &mut HashSet<String>) -> Result<()> {
             if let Some(text) = value {
                 if let Err(e) = check_json(text) {
                     return Err(Error::invalid(format!(
-                        "column 'metadata': row {row} (id '{}') is not valid JSON: {e}",
+                        "column 'metadata': row {} (id '{}') is not valid JSON: {e}",
+                        first_row + row,
                         ids.value(row)
                     )));
                 }
