@@ -144,18 +144,42 @@ impl HyprstreamClient {
     }
 
     /// Streams batches to `table`; the server commits them all at once when the stream ends.
+    /// If `batches` fails, the call is cancelled and nothing is committed: the error is
+    /// returned.
     pub async fn put_stream<S>(&mut self, table: &str, mode: PutMode, schema: SchemaRef, batches: S) -> Result<PutSummary>
     where
         S: Stream<Item = Result<RecordBatch>> + Send + 'static,
     {
         let command = PutCommand { table: table.to_string(), mode };
         let descriptor = FlightDescriptor::new_cmd(serde_json::to_vec(&command).expect("serialisable"));
+        // arrow-flight ends the upload normally at the first failed item, and the server would
+        // commit what it had. Instead the stream stops there without ending, and the call is
+        // dropped (the HTTP/2 stream is reset, so the server refuses the put).
+        let (failed_tx, failed_rx) = futures::channel::oneshot::channel::<ClientError>();
+        let batches = futures::stream::unfold((Box::pin(batches), Some(failed_tx)), |(mut batches, failed)| async move {
+            match futures::StreamExt::next(&mut batches).await {
+                Some(Ok(batch)) => Some((Ok(batch), (batches, failed))),
+                Some(Err(e)) => {
+                    if let Some(failed) = failed {
+                        let _ = failed.send(e);
+                    }
+                    futures::future::pending().await
+                }
+                None => None,
+            }
+        });
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_max_flight_data_size(MAX_FLIGHT_DATA_BYTES)
             .with_flight_descriptor(Some(descriptor))
-            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
-        let mut results = self.flight.do_put(data).await?;
+            .build(batches.map_err(|e: ClientError| FlightError::ExternalError(Box::new(e))));
+        let call = std::pin::pin!(self.flight.do_put(data));
+        let mut results = match futures::future::select(call, failed_rx).await {
+            futures::future::Either::Left((results, _)) => results?,
+            futures::future::Either::Right((Ok(e), _)) => return Err(e),
+            // The batches ended without failing: the call decides.
+            futures::future::Either::Right((Err(_), call)) => call.await?,
+        };
         let result = results
             .try_next()
             .await?

@@ -160,7 +160,7 @@ pub struct TensorInfo {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct LayerInfo {
     pub layer_id: i32,
-    /// `embeddings`, `encoder.layer.N`, `pooler`.
+    /// `embeddings`, `encoder.layer.N`, `head` (tensors past the encoder, e.g. a pooler).
     pub name: String,
     pub tensors: Vec<TensorInfo>,
     pub bytes: u64,

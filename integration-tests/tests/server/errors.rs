@@ -283,3 +283,25 @@ async fn other_columns_take_another_width_of_their_kind_only() {
     assert_status(client.put("ext", vec![put_title(Arc::new(Int64Array::from(vec![3])), "c")]).await, Code::InvalidArgument, "column 'title' has type Int64");
     assert_eq!(client.describe_table("ext").await.unwrap().rows, 2);
 }
+
+/// A put whose input fails partway (a bad line in a file the client reads) commits nothing:
+/// the client cancels the call instead of ending the upload, and returns the input's error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_whose_input_fails_partway_commits_nothing() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let before = fixture(&mut client).await;
+    let rows = random_rows("half", 40, DIM);
+    for mode in [hyprstream_client::proto::PutMode::Upsert, hyprstream_client::proto::PutMode::Overwrite] {
+        let items: Vec<hyprstream_client::Result<RecordBatch>> =
+            rows.chunks(10).take(2).map(|c| Ok(batch(c, DIM))).chain([Err(hyprstream_client::ClientError::Protocol("line 21 is not valid".into()))]).collect();
+        let failing = futures::stream::iter(items);
+        match client.put_stream("t", mode, batch(&rows[..1], DIM).schema(), failing).await {
+            Err(hyprstream_client::ClientError::Protocol(m)) => assert_eq!(m, "line 21 is not valid"),
+            other => panic!("expected the input's error, got {other:?}"),
+        }
+    }
+    // The server saw the call cancelled: no version was committed, and it still serves.
+    unchanged(&mut client, before).await;
+    assert_eq!(client.scan("t").await.unwrap().num_rows(), 10);
+}

@@ -34,6 +34,24 @@ fn model_dir() -> String {
     dir.canonicalize().unwrap().display().to_string()
 }
 
+/// A copy of the model directory with `file` holding `text` (the weights linked, not copied).
+fn broken_copy(file: &str, text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = PathBuf::from(model_dir());
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let to = dir.path().join(&name);
+        if entry.file_type().unwrap().is_dir() || name == "model.safetensors" {
+            std::os::unix::fs::symlink(entry.path(), to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
+    std::fs::write(dir.path().join(file), text).unwrap();
+    dir
+}
+
 async fn import(client: &mut HyprstreamClient) -> Vec<hyprstream_client::proto::ImportProgress> {
     client.import_model(MODEL, &model_dir()).await.expect("import_model")
 }
@@ -155,6 +173,20 @@ async fn import_describe_scan_and_embed_like_the_reference() {
     assert_status(client.describe_model("nope").await, Code::NotFound, "model 'nope' not found");
     assert_status(client.create_table_with_model("t", "nope", Default::default()).await, Code::NotFound, "import_model");
     assert_status(client.drop_table("models").await, Code::InvalidArgument, "drop_model");
+    // Directories that would import but never run are refused at import: a tokenizer that is
+    // not one, a layer config.json promises and the weights lack, no room for text.
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{}/config.json", model_dir())).unwrap()).unwrap();
+    let mut more_layers = config.clone();
+    more_layers["num_hidden_layers"] = serde_json::json!(7);
+    for (file, text, needle) in [
+        ("tokenizer.json", "{}".to_string(), "tokenizer.json is not a tokenizer"),
+        ("config.json", more_layers.to_string(), "no tensors for layer 7 (encoder.layer.6.*)"),
+        ("sentence_bert_config.json", r#"{"max_seq_length": 1}"#.to_string(), "max_seq_length 1 leaves no room"),
+    ] {
+        let dir = broken_copy(file, &text);
+        assert_status(client.import_model("broken", dir.path().to_str().unwrap()).await, Code::InvalidArgument, needle);
+    }
+    assert_eq!(client.list_models().await.unwrap().len(), 1, "nothing of a refused import is kept");
 
     // drop_model removes the rows; the model is then unknown.
     client.drop_model(MODEL).await.unwrap();

@@ -18,6 +18,11 @@ pub struct TextEncoder<B: Backend> {
     pub dim: usize,
 }
 
+/// Bytes of text kept per token of `max_seq_length` before tokenising: a WordPiece token is at
+/// most 100 characters of a word (a longer word is one [UNK]), so only a text padded with
+/// thousands of spaces or control characters could lose tokens to the cut.
+const MAX_TEXT_BYTES_PER_TOKEN: usize = 512;
+
 impl<B: Backend> TextEncoder<B> {
     /// `tokenizer_json` is the model's `tokenizer.json`; `max_seq_length` truncates (tokens,
     /// special tokens included), as sentence-transformers does.
@@ -40,6 +45,11 @@ impl<B: Backend> TextEncoder<B> {
 
     /// Token ids of one text, truncated, with [CLS] … [SEP].
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, String> {
+        // The tokenizer normalises and splits the whole text before it truncates, at ≈ 10–20
+        // bytes of memory per byte of text: a text far past what `max_seq_length` tokens can
+        // cover is cut first (at a character boundary), so a huge one costs no more.
+        let limit = self.max_seq_length.saturating_mul(MAX_TEXT_BYTES_PER_TOKEN);
+        let text = if text.len() > limit { &text[..text.floor_char_boundary(limit)] } else { text };
         let encoding = self.tokenizer.encode(text, true).map_err(|e| format!("tokenizing: {e}"))?;
         Ok(encoding.get_ids().to_vec())
     }

@@ -199,12 +199,29 @@ fn read_hf_directory(name: &str, dir: &Path) -> Result<ImportedModel> {
     let config = BertConfig::from_json(&config_json).map_err(Error::invalid)?;
     let tokenizer = std::fs::read_to_string(dir.join("tokenizer.json"))
         .map_err(|e| Error::invalid(format!("{}: tokenizer.json: {e}", dir.display())))?;
+    // Checked now, not at first use: a model that imports must be able to embed.
+    let parsed = tokenizers::Tokenizer::from_bytes(tokenizer.as_bytes())
+        .map_err(|e| Error::invalid(format!("{}: tokenizer.json is not a tokenizer: {e}", dir.display())))?;
+    if parsed.get_vocab_size(true) > config.vocab_size {
+        return Err(Error::invalid(format!(
+            "{}: tokenizer.json has {} tokens, more than config.json's vocab_size {}: they belong to different models",
+            dir.display(),
+            parsed.get_vocab_size(true),
+            config.vocab_size
+        )));
+    }
     // sentence-transformers: the sequence limit and the pooling mode.
     let max_seq_length = read_json(dir, "sentence_bert_config.json")?
         .and_then(|c| c.get("max_seq_length").and_then(Value::as_u64))
         .map(|n| n as usize)
         .unwrap_or(config.max_position_embeddings)
         .min(config.max_position_embeddings);
+    if max_seq_length < 3 {
+        return Err(Error::invalid(format!(
+            "{}: max_seq_length {max_seq_length} leaves no room for text beside [CLS] and [SEP] (sentence_bert_config.json, or max_position_embeddings)",
+            dir.display()
+        )));
+    }
     if let Some(pooling) = read_json(dir, "1_Pooling/config.json")? {
         if pooling.get("pooling_mode_mean_tokens").and_then(Value::as_bool) != Some(true) {
             return Err(Error::invalid(format!("{}: only mean pooling is served (1_Pooling/config.json)", dir.display())));
@@ -217,8 +234,20 @@ fn read_hf_directory(name: &str, dir: &Path) -> Result<ImportedModel> {
     let tensors = read_safetensors(&bytes).map_err(|e| Error::invalid(format!("{}: {e}", weights_path.display())))?;
     drop(bytes);
 
+    let layers = bert_layers(&config, tensors);
+    // Every layer config.json promises must be there: a model missing one imports but can
+    // never run.
+    for id in 0..=config.num_hidden_layers as i32 {
+        if !layers.iter().any(|l| l.id == id) {
+            let what = if id == 0 { "embeddings.*".to_string() } else { format!("encoder.layer.{}.*", id - 1) };
+            return Err(Error::invalid(format!(
+                "model '{name}': model.safetensors has no tensors for layer {id} ({what}); config.json says num_hidden_layers {} (a 'bert.' prefix on tensor names is dropped, no other)",
+                config.num_hidden_layers
+            )));
+        }
+    }
     let mut rows = Vec::new();
-    for layer in bert_layers(&config, tensors) {
+    for layer in layers {
         check_bert_layer(&config, layer.id, &layer.tensors).map_err(|e| Error::invalid(format!("model '{name}': {e}")))?;
         let info = layer_info(layer.id, &layer.name, &layer.tensors);
         let mut metadata = json!({
