@@ -140,7 +140,9 @@ impl HyprstreamClient {
             .first()
             .map(|b| b.schema())
             .ok_or_else(|| ClientError::Protocol("put needs at least one batch (its schema)".into()))?;
-        self.put_stream(table, mode, schema, futures::stream::iter(batches.into_iter().map(Ok))).await
+        // The row count goes with the put: the server refuses a stream that ends short.
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        self.put_counted(table, mode, schema, futures::stream::iter(batches.into_iter().map(Ok)), Some(rows)).await
     }
 
     /// Streams batches to `table`; the server commits them all at once when the stream ends.
@@ -150,7 +152,14 @@ impl HyprstreamClient {
     where
         S: Stream<Item = Result<RecordBatch>> + Send + 'static,
     {
-        let command = PutCommand { table: table.to_string(), mode };
+        self.put_counted(table, mode, schema, batches, None).await
+    }
+
+    async fn put_counted<S>(&mut self, table: &str, mode: PutMode, schema: SchemaRef, batches: S, rows: Option<u64>) -> Result<PutSummary>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send + 'static,
+    {
+        let command = PutCommand { table: table.to_string(), mode, rows };
         let descriptor = FlightDescriptor::new_cmd(serde_json::to_vec(&command).expect("serialisable"));
         // arrow-flight ends the upload normally at the first failed item, and the server would
         // commit what it had. Instead the stream stops there without ending, and the call is

@@ -222,3 +222,34 @@ def test_a_compressed_put_counts_its_decoded_size(tmp_path):
         assert get(c, {"table": "z"}).num_rows == 10  # nothing of the refused put was written
     finally:
         s.stop()
+
+
+def test_a_put_that_ends_short_of_its_row_count_writes_nothing(server):
+    """pyarrow ends the stream normally when its writer is closed, even from a `with` block
+    whose body raised: with "rows" in the descriptor the server sees the put is short and
+    refuses it."""
+    c = flight.connect(server.url)
+    _, table = make_table(20)
+    put(c, "t", table.slice(0, 5))
+    counted = flight.FlightDescriptor.for_command(json.dumps({"table": "t", "rows": 20}))
+    # Closing the writer on the way out of the `with` block ends the stream: the server's
+    # refusal is what the caller then sees.
+    with pytest.raises(pa.ArrowInvalid, match="says 20 rows and the stream carried 10"):
+        w, r = c.do_put(counted, table.schema)
+        with w:
+            w.write_batch(table.slice(0, 10).to_batches()[0])
+            raise RuntimeError("the source failed after 10 rows")
+    assert get(c, {"table": "t"}).num_rows == 5, "the short put was not committed"
+    with pytest.raises(pa.ArrowInvalid, match="says 20 rows and the stream carried 10"):
+        w, r = c.do_put(counted, table.schema)
+        w.write_table(table.slice(0, 10))
+        w.done_writing()
+        r.read()
+        w.close()
+    # The full count goes in.
+    w, r = c.do_put(counted, table.schema)
+    w.write_table(table)
+    w.done_writing()
+    assert json.loads(r.read().to_pybytes())["inserted"] == 15
+    w.close()
+    assert get(c, {"table": "t"}).num_rows == 20

@@ -138,4 +138,9 @@ pub struct PutCommand {
     pub table: String,
     #[serde(default)]
     pub mode: PutMode,
+    /// How many rows the put carries. The server commits when the stream ends normally, which
+    /// a sender that failed partway may also do (pyarrow closing its writer): with `rows`, a
+    /// stream that ends with another count is refused and nothing is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }

@@ -83,16 +83,13 @@ fn single_path(descriptor: &FlightDescriptor) -> Result<String> {
 }
 
 /// The table and mode of a DoPut: `for_path(T)` upserts; `for_command({"table", "mode"})`.
-pub fn parse_put_descriptor(descriptor: Option<&FlightDescriptor>) -> Result<(String, PutMode)> {
+pub fn parse_put_descriptor(descriptor: Option<&FlightDescriptor>) -> Result<PutCommand> {
     let descriptor = descriptor.ok_or_else(|| {
         Error::invalid("DoPut needs a FlightDescriptor on its first message: for_path(table) or for_command({\"table\", \"mode\"})")
     })?;
     match descriptor.r#type() {
-        DescriptorType::Path => Ok((single_path(descriptor)?, PutMode::Upsert)),
-        DescriptorType::Cmd => {
-            let cmd: PutCommand = parse_json("DoPut command", &descriptor.cmd)?;
-            Ok((cmd.table, cmd.mode))
-        }
+        DescriptorType::Path => Ok(PutCommand { table: single_path(descriptor)?, mode: PutMode::Upsert, rows: None }),
+        DescriptorType::Cmd => parse_json("DoPut command", &descriptor.cmd),
         DescriptorType::Unknown => Err(Error::invalid("DoPut descriptor type is UNKNOWN: use for_path(table) or for_command(JSON)")),
     }
 }

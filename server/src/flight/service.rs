@@ -9,7 +9,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use hyprstream_proto::{Query, ACTIONS};
+use hyprstream_proto::{PutCommand, Query, ACTIONS};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Authenticator;
@@ -169,7 +169,7 @@ impl FlightService for HyprstreamFlight {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("DoPut stream is empty: send a schema message first"))?;
-        let (table, mode) = parse_put_descriptor(first.flight_descriptor.as_ref()).map_err(to_status)?;
+        let PutCommand { table, mode, rows: expected_rows } = parse_put_descriptor(first.flight_descriptor.as_ref()).map_err(to_status)?;
 
         // Bytes as they arrive on the wire, and as decoded: a compressed stream (IPC lz4/zstd)
         // holds many times its wire size once decoded. A decoded batch's slices are counted,
@@ -198,6 +198,12 @@ impl FlightService for HyprstreamFlight {
             .schema()
             .cloned()
             .ok_or_else(|| Status::invalid_argument("DoPut stream has no schema message"))?;
+        let sent: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if let Some(expected) = expected_rows.filter(|&n| n != sent) {
+            return Err(Status::invalid_argument(format!(
+                "the put's descriptor says {expected} rows and the stream carried {sent}: nothing was written (did the sender stop partway?)"
+            )));
+        }
         let summary = self.tables.put(&table, mode, &schema, batches).await.map_err(to_status)?;
         let result = PutResult { app_metadata: json_bytes(&summary).map_err(to_status)? };
         Ok(Response::new(stream::iter([Ok(result)]).boxed()))
