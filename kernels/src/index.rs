@@ -40,6 +40,11 @@ impl Segment {
     fn position(&self, id: u64) -> Option<usize> {
         position_in_sorted(&self.ids, id)
     }
+
+    /// Where row `id` sits, if it is here and live.
+    fn live_position(&self, id: u64) -> Option<usize> {
+        self.position(id).filter(|&i| self.live[i])
+    }
 }
 
 /// Where `id` sits in `ids` (ascending). Row ids are mostly consecutive (a Lance fragment's
@@ -238,7 +243,7 @@ impl FlatIndex {
             .map(|(s, ids)| {
                 let mut top = TopK::new(k);
                 for &id in ids {
-                    if let Some(i) = s.position(id).filter(|&i| s.live[i]) {
+                    if let Some(i) = s.live_position(id) {
                         top.push(row_distance(metric, &q, q_norm, s, i, dim), id);
                     }
                 }
@@ -294,7 +299,7 @@ impl FlatIndex {
         let mut rows = Vec::with_capacity(candidates.len());
         for &id in candidates {
             let s = self.segments.values().find(|s| s.ids.first().is_some_and(|f| *f <= id) && s.ids.last().is_some_and(|l| id <= *l))?;
-            let i = s.position(id).filter(|&i| s.live[i])?;
+            let i = s.live_position(id)?;
             prefetch(&s.data[i * self.dim..(i + 1) * self.dim]);
             rows.push((s, i, id));
         }
@@ -332,7 +337,7 @@ impl FlatIndex {
                 .into_par_iter()
                 .fold(new_lists, |mut lists, (s, ids)| {
                     // The admitted live rows, gathered into one contiguous block.
-                    let rows: Vec<usize> = ids.iter().filter_map(|&id| s.position(id).filter(|&i| s.live[i])).collect();
+                    let rows: Vec<usize> = ids.iter().filter_map(|&id| s.live_position(id)).collect();
                     let mut block = Vec::with_capacity(rows.len() * dim);
                     for &i in &rows {
                         block.extend_from_slice(&s.data[i * dim..(i + 1) * dim]);
