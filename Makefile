@@ -4,7 +4,10 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/hyprstream/target
 # One optimised profile for run, test and bench: a warm build serves all three.
 PROFILE := release
 BIN := $(CARGO_TARGET_DIR)/$(PROFILE)
-PYTHON ?= python3
+# scripts/setup.sh makes this virtual environment where the system Python is externally
+# managed (PEP 668); the recipes use it once it exists (expanded when each recipe runs).
+VENV := $(HOME)/.cache/hyprstream/venv
+PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 DATA_DIR ?= ./hyprstream-data
 ADDR ?= 127.0.0.1:50051
 MODELS_DIR ?= ./models

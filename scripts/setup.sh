@@ -20,6 +20,24 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
 PYTHON="${PYTHON:-python3}"
+# Debian 12 and later mark the system Python "externally managed" (PEP 668): pip refuses to
+# install into it. There the test packages go into a virtual environment, which the
+# Makefile then uses as its Python (same path: keep the two in step).
+VENV="$HOME/.cache/hyprstream/venv"
+if [ -x "$VENV/bin/python" ]; then
+  PYTHON="$VENV/bin/python"
+elif [ -z "${VIRTUAL_ENV:-}" ] && "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+  echo "setup: $PYTHON is externally managed (PEP 668): using a virtual environment in $VENV"
+  if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    "$PYTHON" -m venv "$VENV"
+  fi
+  PYTHON="$VENV/bin/python"
+fi
 if ! "$PYTHON" - <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
 want = {}

@@ -99,20 +99,23 @@ pub struct HyprstreamClient {
 }
 
 /// `grpc://host:port` (Flight's scheme) → `http://host:port` (tonic's).
-fn endpoint_uri(url: &str) -> String {
+fn endpoint_uri(url: &str) -> Result<String> {
     if let Some(rest) = url.strip_prefix("grpc://").or_else(|| url.strip_prefix("grpc+tcp://")) {
-        format!("http://{rest}")
+        Ok(format!("http://{rest}"))
+    } else if url.starts_with("grpc+tls://") || url.starts_with("https://") {
+        // This client has no TLS: connecting in plaintext instead would send data in the clear.
+        Err(ClientError::Connect(format!("{url}: this client speaks plaintext gRPC only (grpc://host:port); TLS is not supported")))
     } else if url.contains("://") {
-        url.to_string()
+        Ok(url.to_string())
     } else {
-        format!("http://{url}")
+        Ok(format!("http://{url}"))
     }
 }
 
 impl HyprstreamClient {
     /// Connects to `grpc://host:port` (or `http://…`, or `host:port`).
     pub async fn connect(url: &str) -> Result<Self> {
-        let endpoint = tonic::transport::Endpoint::from_shared(endpoint_uri(url))
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint_uri(url)?)
             .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
         let channel = endpoint.connect().await.map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
         let inner = FlightServiceClient::new(channel)
@@ -165,8 +168,22 @@ impl HyprstreamClient {
         // commit what it had. Instead the stream stops there without ending, and the call is
         // dropped (the HTTP/2 stream is reset, so the server refuses the put).
         let (failed_tx, failed_rx) = futures::channel::oneshot::channel::<ClientError>();
-        let batches = futures::stream::unfold((Box::pin(batches), Some(failed_tx)), |(mut batches, failed)| async move {
-            match futures::StreamExt::next(&mut batches).await {
+        let declared = schema.clone();
+        let batches = futures::stream::unfold((Box::pin(batches), Some(failed_tx)), move |(mut batches, failed)| {
+            let declared = declared.clone();
+            async move {
+            // A batch that does not fit the declared schema would fail inside the encoder,
+            // which (like an input error) ends the upload normally: checked here instead,
+            // with the encoder's own test, so it cancels the call.
+            let next = futures::StreamExt::next(&mut batches).await.map(|item| {
+                item.and_then(|batch| {
+                    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                    RecordBatch::try_new_with_options(declared, batch.columns().to_vec(), &options).map_err(|e| {
+                        ClientError::Protocol(format!("a batch does not match the put's schema: {e}"))
+                    })
+                })
+            });
+            match next {
                 Some(Ok(batch)) => Some((Ok(batch), (batches, failed))),
                 Some(Err(e)) => {
                     if let Some(failed) = failed {
@@ -175,6 +192,7 @@ impl HyprstreamClient {
                     futures::future::pending().await
                 }
                 None => None,
+            }
             }
         });
         let data = FlightDataEncoderBuilder::new()

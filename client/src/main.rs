@@ -189,6 +189,9 @@ async fn run(cli: Cli) -> Result<()> {
                 (None, None, Some(_)) => (None, None),
                 (None, None, None) => bail!("give the query as --vector 0.1,0.2,…, --vector-file FILE or --text \"…\""),
             };
+            for v in vector.iter().chain(vectors.iter().flatten()) {
+                check_finite(v)?;
+            }
             let metric = metric.as_deref().map(parse_metric).transpose()?;
             let q = Query { table, filter, columns, version, vector, vectors, text, k: Some(k), metric, ..Default::default() };
             out.rows(client.query(&q).await?)?
@@ -236,17 +239,91 @@ impl Output {
             writer.close()?;
             eprintln!("wrote {} rows to {}", rows.num_rows(), path.display());
         } else if self.json {
-            let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout());
             for b in &rows.batches {
-                writer.write(b)?;
+                for line in json_lines(b)? {
+                    println!("{}", serde_json::Value::Object(line));
+                }
             }
-            writer.finish()?;
         } else {
             println!("{}", arrow::util::pretty::pretty_format_batches(&rows.batches)?);
             eprintln!("{} rows", rows.num_rows());
         }
         Ok(())
     }
+}
+
+/// A batch as JSON lines. Binary values (`raw_data`) are written as text when they are UTF-8,
+/// else as `{"base64": "…"}` (Arrow's writer would give hex, which `put` would then store as
+/// the hex text itself): `put` of the output stores the same bytes.
+fn json_lines(batch: &RecordBatch) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::DataType;
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    let text = String::from_utf8(writer.into_inner())?;
+    let mut lines: Vec<serde_json::Map<String, serde_json::Value>> =
+        text.lines().map(serde_json::from_str).collect::<std::result::Result<_, _>>()?;
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let value = |i: usize| -> Option<&[u8]> {
+            match field.data_type() {
+                _ if column.is_null(i) => None,
+                DataType::Binary => Some(column.as_binary::<i32>().value(i)),
+                DataType::LargeBinary => Some(column.as_binary::<i64>().value(i)),
+                _ => None,
+            }
+        };
+        if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary) {
+            continue;
+        }
+        for (i, line) in lines.iter_mut().enumerate() {
+            if let Some(bytes) = value(i) {
+                line.insert(field.name().clone(), binary_json(bytes));
+            }
+        }
+    }
+    Ok(lines)
+}
+
+fn binary_json(bytes: &[u8]) -> serde_json::Value {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::Value::String(text.to_string()),
+        Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    }
+}
+
+/// `raw_data` as JSON-lines input gives it: text (stored as its UTF-8 bytes), `{"base64": "…"}`
+/// (any bytes), or null.
+fn binary_from_json(value: &serde_json::Value, line: usize) -> Result<Option<Vec<u8>>> {
+    use base64::Engine as _;
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(text) => Ok(Some(text.clone().into_bytes())),
+        serde_json::Value::Object(o) if o.len() == 1 && o.get("base64").is_some_and(|b| b.is_string()) => {
+            let text = o["base64"].as_str().expect("checked");
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map(Some)
+                .with_context(|| format!("line {line}: raw_data's \"base64\" is not base64"))
+        }
+        other => bail!("line {line}: raw_data must be text, {{\"base64\": \"…\"}} or null, got {other}"),
+    }
+}
+
+/// Inferred types with the all-null columns (Arrow's `Null` type) read as text: a column
+/// empty in this file must not fix its type as Null for the table.
+fn nulls_as_text(schema: arrow::datatypes::Schema) -> SchemaRef {
+    use arrow::datatypes::{DataType, Field};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Null => Field::new(f.name(), DataType::Utf8, true),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 type Batches = Box<dyn Iterator<Item = hyprstream_client::Result<RecordBatch>> + Send>;
@@ -262,35 +339,70 @@ fn read_file(path: &Path) -> Result<(SchemaRef, Batches)> {
             Ok((reader.schema(), Box::new(reader.map(map))))
         }
         "csv" => {
+            // Types are inferred from every line: a value late in the file must not be cut to
+            // a type guessed from the first ones.
             let mut file = file;
-            let (schema, _) = arrow::csv::reader::Format::default().with_header(true).infer_schema(&mut file, Some(1000))?;
+            let (schema, _) = arrow::csv::reader::Format::default().with_header(true).infer_schema(&mut file, None)?;
             file.seek(SeekFrom::Start(0))?;
-            let schema = Arc::new(schema);
+            let schema = nulls_as_text(schema);
             let reader = arrow::csv::ReaderBuilder::new(schema.clone()).with_header(true).build(file)?;
             Ok((schema, Box::new(reader.map(map))))
         }
         "json" | "jsonl" | "ndjson" => {
             // A JSON object in `metadata` is sent as JSON text (the column's stored form),
-            // rather than as the struct Arrow's reader would infer.
+            // rather than as the struct Arrow's reader would infer; `raw_data` is taken out and
+            // made a binary column (see `binary_from_json`).
             let mut lines = Vec::new();
-            for line in BufReader::new(file).lines() {
+            let mut raw_data: Option<Vec<Option<Vec<u8>>>> = None;
+            for (number, line) in BufReader::new(file).lines().enumerate() {
                 let line = line?;
                 if line.trim().is_empty() {
                     continue;
                 }
-                let mut value: serde_json::Value = serde_json::from_str(&line).context("not a JSON-lines file")?;
-                if let Some(m) = value.get_mut("metadata") {
+                let mut value: serde_json::Value =
+                    serde_json::from_str(&line).with_context(|| format!("line {}: not a JSON object", number + 1))?;
+                let object = value.as_object_mut().with_context(|| format!("line {}: not a JSON object", number + 1))?;
+                if let Some(m) = object.get_mut("metadata") {
                     if !m.is_string() && !m.is_null() {
                         *m = serde_json::Value::String(m.to_string());
                     }
                 }
+                let raw = object.remove("raw_data");
+                if raw.is_some() && raw_data.is_none() {
+                    raw_data = Some(vec![None; lines.len()]);
+                }
+                if let Some(column) = &mut raw_data {
+                    column.push(match raw {
+                        Some(v) => binary_from_json(&v, number + 1)?,
+                        None => None,
+                    });
+                }
                 lines.push(value.to_string());
             }
+            let rows = lines.len();
             let data = lines.join("\n");
-            let (schema, _) = arrow::json::reader::infer_json_schema_from_seekable(Cursor::new(data.as_bytes()), Some(1000))?;
-            let schema = Arc::new(schema);
-            let reader = arrow::json::ReaderBuilder::new(schema.clone()).build(Cursor::new(data.into_bytes()))?;
-            Ok((schema, Box::new(reader.map(map))))
+            // Every line counts for the types (a field first seen late is not dropped), and
+            // the reader is strict, so nothing the schema lacks is silently left out.
+            let (schema, _) = arrow::json::reader::infer_json_schema_from_seekable(Cursor::new(data.as_bytes()), None)?;
+            let schema = nulls_as_text(schema);
+            let mut batch = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_strict_mode(true)
+                .with_batch_size(rows.max(1))
+                .build(Cursor::new(data.into_bytes()))?
+                .next()
+                .transpose()?
+                .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+            if let Some(raw) = raw_data {
+                use arrow::datatypes::{DataType, Field};
+                let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(Field::new("raw_data", DataType::LargeBinary, true));
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(arrow::array::LargeBinaryArray::from_iter(raw)));
+                let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+                batch = RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options)?;
+            }
+            let schema = batch.schema();
+            Ok((schema, Box::new(std::iter::once(Ok(batch)))))
         }
         other => bail!("cannot read '.{other}' files: use .parquet, .csv or .jsonl"),
     }
@@ -315,4 +427,12 @@ fn read_vectors(path: &Path) -> Result<QueryVectors> {
         .map(|s| s.parse::<f32>().with_context(|| format!("'{s}' is not a number")))
         .collect::<Result<_>>()
         .map(QueryVectors::One)
+}
+
+/// A query vector's values must be finite float32 (serde would send ±∞ as JSON null).
+fn check_finite(vector: &[f32]) -> Result<()> {
+    match vector.iter().position(|v| !v.is_finite()) {
+        Some(i) => bail!("query value {i} is not a finite float32 ({}): every value must lie within ±3.4e38", vector[i]),
+        None => Ok(()),
+    }
 }

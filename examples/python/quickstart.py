@@ -27,8 +27,11 @@ table = pa.table(
     }
 )
 
-# DoPut: upsert on id, one commit; the PutResult says what happened.
-w, r = c.do_put(flight.FlightDescriptor.for_path("quickstart"), table.schema)
+# DoPut: upsert on id, one commit; the PutResult says what happened. "rows" makes the server
+# refuse a stream that ends short (pyarrow ends it normally even if this program fails
+# mid-write), so a failed put writes nothing; for_path("quickstart") works too, without that.
+put = flight.FlightDescriptor.for_command(json.dumps({"table": "quickstart", "rows": table.num_rows}))
+w, r = c.do_put(put, table.schema)
 w.write_table(table)
 w.done_writing()
 result = r.read()

@@ -67,7 +67,10 @@ def put(client, rows):
                 for r in batch
             ],
         }, schema=SCHEMA)
-        writer, reader = client.do_put(flight.FlightDescriptor.for_path(TABLE), SCHEMA)
+        # "rows": the server refuses a stream that ends short of it (pyarrow ends the stream
+        # normally even when this program fails mid-write), so a failed put writes nothing.
+        descriptor = flight.FlightDescriptor.for_command(json.dumps({"table": TABLE, "rows": len(batch)}))
+        writer, reader = client.do_put(descriptor, SCHEMA)
         writer.write_table(table)
         writer.done_writing()
         result = json.loads(reader.read().to_pybytes())  # {"table", "inserted", "updated", "embedded", "version"}
@@ -81,7 +84,9 @@ def search(client, query, k):
     print(f"\n{query!r}")
     for rank, hit in enumerate(hits, 1):
         meta = json.loads(hit["metadata"])
-        where = meta["story"] + (f", ch. {meta['chapter']}" if meta["chapter"] is not None else "")
+        # Rows put by others (the README's quickstart shares this table name) may lack keys.
+        chapter = meta.get("chapter")
+        where = meta.get("story", "?") + (f", ch. {chapter}" if chapter is not None else "")
         text = hit["raw_data"].decode("utf-8")
         print(f"{rank}. {hit['_distance']:.3f}  {where}  [{hit['id']}]\n   {text[:120]}...")
 

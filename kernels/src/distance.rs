@@ -59,13 +59,16 @@ impl PreparedQuery {
             Metric::L2 => in_range(squared_l2(&self.vector, row)),
             Metric::Cosine => {
                 let (qx, xx) = dot_and_norm(&self.vector, row);
-                // A row beyond f32's squares (rare) still has a length: `norm` finds it.
-                let x_norm = if xx.is_normal() && xx < f32::MAX { xx.sqrt() } else { norm(row) };
-                let denom = self.norm * x_norm;
-                if denom > 0.0 {
-                    1.0 - qx / denom
-                } else {
+                if self.norm == 0.0 {
                     1.0
+                } else if xx.is_normal() && xx < f32::MAX {
+                    // |q| = 1 and |x| < 2^64 here, so q·x is finite too.
+                    1.0 - qx / xx.sqrt()
+                } else {
+                    // Rare: a row whose squares leave f32's range (components past ≈ 1e19,
+                    // where q·x overflows as well, or subnormal ones). f64 holds every f32
+                    // squared, and the direction is all cosine looks at.
+                    cosine_in_f64(&self.vector, row)
                 }
             }
         }
@@ -146,6 +149,20 @@ pub fn norm(v: &[f32]) -> f32 {
     }
     // Rare: the exact sum in f64 (its range covers every f32 squared).
     v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32
+}
+
+/// 1 − cos between a unit query and `row`, summed in f64; 1 for a zero row.
+fn cosine_in_f64(unit_query: &[f32], row: &[f32]) -> f32 {
+    let (mut qx, mut xx) = (0f64, 0f64);
+    for (&q, &x) in unit_query.iter().zip(row) {
+        qx += f64::from(q) * f64::from(x);
+        xx += f64::from(x) * f64::from(x);
+    }
+    if xx > 0.0 {
+        (1.0 - qx / xx.sqrt()) as f32
+    } else {
+        1.0
+    }
 }
 
 /// `v` scaled to unit length (left as it is when zero); returns its norm before.
@@ -278,6 +295,13 @@ mod tests {
         assert_eq!(zero, vec![0.0; 4]);
         let q = PreparedQuery::new(Metric::Cosine, vec![1e-30, 0.0]);
         assert!(q.distance(&[1.0, 0.0]).abs() < 1e-6);
+        // Rows whose squares (and dot product) leave f32's range keep their direction.
+        let q = PreparedQuery::new(Metric::Cosine, vec![1.0, 1.0]);
+        for row in [[3e38f32, 3e38], [1e-40, 1e-40], [f32::MAX, f32::MAX]] {
+            assert!(q.distance(&row).abs() < 1e-6, "{row:?}: {}", q.distance(&row));
+        }
+        assert!((q.distance(&[3e38, -3e38]) - 1.0).abs() < 1e-6);
+        assert_eq!(q.distance(&[0.0, 0.0]), 1.0);
         assert!(PreparedQuery::new(Metric::Cosine, vec![0.0, 0.0]).is_zero_cosine());
     }
 

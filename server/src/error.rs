@@ -8,6 +8,9 @@ pub enum ErrorKind {
     InvalidArgument,
     NotFound,
     AlreadyExists,
+    /// The request is well formed but what it relies on is not usable (a stored model whose
+    /// output is not finite); retrying will not help until that is fixed.
+    FailedPrecondition,
     /// Credentials are missing or wrong.
     Unauthenticated,
     /// Not offered by this server.
@@ -33,6 +36,9 @@ impl Error {
     }
     pub fn already_exists(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::AlreadyExists, message: message.into() }
+    }
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::FailedPrecondition, message: message.into() }
     }
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::Unauthenticated, message: message.into() }

@@ -14,7 +14,8 @@ struct Args {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "HYPRSTREAM_ADDR", default_value = "127.0.0.1:50051")]
     addr: String,
-    /// Where models run: `cpu`, `cuda:N` or `auto`.
+    /// Where exact search runs: `cpu`, `cuda:N` (that GPU, required) or `auto` (GPU 0 when a
+    /// CUDA driver is found at run time). Models run on the CPU in every case.
     #[arg(long, env = "HYPRSTREAM_DEVICE", default_value = "auto")]
     device: hyprstream_server::ml::Device,
     /// `NAME=DIR`: import the Hugging Face model directory DIR as model NAME at startup,
@@ -26,7 +27,7 @@ struct Args {
     #[arg(long, env = "HYPRSTREAM_MAX_PUT_BYTES", default_value_t = hyprstream_server::DEFAULT_MAX_PUT_BYTES)]
     max_put_bytes: usize,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "HYPRSTREAM_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "HYPRSTREAM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
 

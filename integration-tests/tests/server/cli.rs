@@ -83,3 +83,68 @@ async fn the_cli_drives_every_verb() {
     let (success, _, stderr) = cli(&server, &["describe", "nope"]);
     assert!(!success && stderr.contains("does not exist"), "{stderr}");
 }
+
+/// `put` of a JSON-lines file reads every line: a field first seen late is kept (it used to be
+/// dropped after line 1000, taking an upserted row's vector with it), a column of integers
+/// then a fraction keeps the fraction, and `scan --json` → `put` stores the same bytes
+/// (`raw_data` as text, or `{"base64": …}` when it is not UTF-8; it used to come back as hex).
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_put_reads_every_line_and_round_trips_scans() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("late.jsonl");
+    let mut lines: Vec<String> = (0..1200)
+        .map(|i| serde_json::json!({"id": format!("r-{i}"), "data_type": "text", "raw_data": format!("passage {i}"), "n": i, "empty": null}).to_string())
+        .collect();
+    lines.push(
+        serde_json::json!({"id": "late-1", "embedding": [0.5, 0.5], "data_type": "text", "raw_data": {"base64": "//79AA=="}, "n": 2.75, "metadata": {"story": "late"}})
+            .to_string(),
+    );
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let put: serde_json::Value = serde_json::from_str(&ok(&server, &["--json", "put", "late", file.to_str().unwrap()])).unwrap();
+    assert_eq!((put["inserted"].as_u64(), put["updated"].as_u64()), (Some(1201), Some(0)), "{put}");
+    let dump = ok(&server, &["--json", "scan", "late", "--filter", "id = 'late-1'"]);
+    let row: serde_json::Value = serde_json::from_str(dump.lines().next().unwrap()).unwrap();
+    assert_eq!(row["embedding"], serde_json::json!([0.5, 0.5]), "{row}");
+    assert_eq!(row["n"], 2.75);
+    assert_eq!(row["raw_data"], serde_json::json!({"base64": "//79AA=="}), "not UTF-8: base64");
+    assert_eq!(row["metadata"], r#"{"story":"late"}"#);
+
+    // The scan's output put back: the same bytes, text rows as text.
+    let copy = dir.path().join("copy.jsonl");
+    std::fs::write(&copy, ok(&server, &["--json", "scan", "late", "--filter", "id IN ('late-1', 'r-7')"])).unwrap();
+    ok(&server, &["put", "copied", copy.to_str().unwrap()]);
+    let copied = ok(&server, &["--json", "scan", "copied", "--columns", "id,raw_data"]);
+    let mut rows: Vec<serde_json::Value> = copied.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    rows.sort_by_key(|r| r["id"].as_str().unwrap().to_string());
+    assert_eq!(rows[0]["raw_data"], serde_json::json!({"base64": "//79AA=="}));
+    assert_eq!(rows[1]["raw_data"], "passage 7");
+
+    // A bad line is named; nothing is written.
+    std::fs::write(&file, "{\"id\": \"x\", \"raw_data\": {\"base64\": \"***\"}}\n").unwrap();
+    let (success, _, stderr) = cli(&server, &["put", "late", file.to_str().unwrap()]);
+    assert!(!success && stderr.contains("line 1: raw_data's \"base64\" is not base64"), "{stderr}");
+
+    // CSV: types from the whole file (a fraction on the last line), an empty column as text.
+    let csv = dir.path().join("rows.csv");
+    let mut text = String::from("id,data_type,score,note\n");
+    for i in 0..1100 {
+        text.push_str(&format!("s-{i},text,{i},\n"));
+    }
+    text.push_str("s-last,text,0.5,\n");
+    std::fs::write(&csv, text).unwrap();
+    ok(&server, &["put", "csv", csv.to_str().unwrap()]);
+    let last: serde_json::Value = serde_json::from_str(ok(&server, &["--json", "scan", "csv", "--filter", "id = 's-last'"]).lines().next().unwrap()).unwrap();
+    assert_eq!(last["score"], 0.5, "{last}");
+    let described: serde_json::Value = serde_json::from_str(&ok(&server, &["--json", "describe", "csv"])).unwrap();
+    let note = described["schema"].as_array().unwrap().iter().find(|c| c["name"] == "note").unwrap().clone();
+    assert_eq!(note["type"], "Utf8", "{note}");
+
+    // Query values past float32 say so (they used to travel as JSON null).
+    let (success, _, stderr) = cli(&server, &["search", "late", "--vector", "1e39,0.2"]);
+    assert!(!success && stderr.contains("not a finite float32"), "{stderr}");
+    // No TLS in this client: refused rather than sent in the clear.
+    let bin = server_binary().with_file_name("hyprstream");
+    let out = Command::new(&bin).args(["--url", "grpc+tls://127.0.0.1:1", "tables"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("TLS is not supported"));
+}

@@ -301,7 +301,37 @@ async fn a_put_whose_input_fails_partway_commits_nothing() {
             other => panic!("expected the input's error, got {other:?}"),
         }
     }
-    // The server saw the call cancelled: no version was committed, and it still serves.
+    // A batch that does not fit the declared schema (its vectors' item field named otherwise)
+    // fails inside arrow-flight's encoder, which ends the upload normally too: an overwrite
+    // then emptied the table. It is caught before the encoder and cancels the call the same way.
+    for mode in [hyprstream_client::proto::PutMode::Upsert, hyprstream_client::proto::PutMode::Overwrite] {
+        use arrow::array::{Array, AsArray, FixedSizeListArray};
+        let good = batch(&rows[..10], DIM);
+        let vectors = good.column_by_name("embedding").unwrap().as_fixed_size_list().clone();
+        let renamed = FixedSizeListArray::try_new(
+            Arc::new(Field::new("element", DataType::Float32, true)),
+            DIM as i32,
+            vectors.values().clone(),
+            vectors.nulls().cloned(),
+        )
+        .unwrap();
+        let fields: Vec<Field> = good
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| if f.name() == "embedding" { Field::new("embedding", renamed.data_type().clone(), true) } else { f.as_ref().clone() })
+            .collect();
+        let columns: Vec<ArrayRef> =
+            good.schema().fields().iter().zip(good.columns()).map(|(f, c)| if f.name() == "embedding" { Arc::new(renamed.clone()) as ArrayRef } else { c.clone() }).collect();
+        let mismatched = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let strict = good.schema();
+        let items: Vec<hyprstream_client::Result<RecordBatch>> = vec![Ok(good), Ok(mismatched)];
+        match client.put_stream("t", mode, strict, futures::stream::iter(items)).await {
+            Err(hyprstream_client::ClientError::Protocol(m)) => assert!(m.contains("does not match the put's schema"), "{m}"),
+            other => panic!("expected the mismatch, got {other:?}"),
+        }
+    }
+    // The server saw the calls cancelled: no version was committed, and it still serves.
     unchanged(&mut client, before).await;
     assert_eq!(client.scan("t").await.unwrap().num_rows(), 10);
 }

@@ -39,6 +39,25 @@ async fn flight_info_schema_list_and_poll_describe_tables_and_queries() {
         Code::InvalidArgument,
         "filter",
     );
+    // A bulk-embedding ticket is DoGet only; as a command it says so (not "unknown field").
+    let embed = r#"{"embed": {"model": "m", "texts": ["x"]}}"#;
+    assert_status(client.flight_info(FlightDescriptor::new_cmd(embed)).await, Code::InvalidArgument, "send it as a DoGet ticket");
+    assert_status(client.schema(FlightDescriptor::new_cmd(embed)).await, Code::InvalidArgument, "send it as a DoGet ticket");
+    assert_status(client.flight_info(FlightDescriptor::new_cmd("")).await, Code::InvalidArgument, "the command descriptor is empty");
+    // `"embed": null` is a malformed embed ticket, not an unknown key of a query.
+    assert_status(raw_ticket(&mut client, r#"{"embed": null}"#).await, Code::InvalidArgument, "embed ticket: invalid type: null");
+    // A scan that returns vectors carries the table's metric: a copy made by putting the
+    // scanned rows into a new table ranks as the original (it used to become cosine).
+    client.create_table("l2t", DIM, hyprstream_client::proto::Metric::L2).await.unwrap();
+    client.put("l2t", vec![batch(&random_rows("l", 5, DIM), DIM)]).await.unwrap();
+    let scanned = client.scan("l2t").await.unwrap();
+    assert_eq!(scanned.schema.metadata().get("hyprstream.metric").map(String::as_str), Some("l2"));
+    let copy: Vec<arrow::array::RecordBatch> =
+        scanned.batches.iter().map(|b| b.clone().with_schema(scanned.schema.clone()).unwrap()).collect();
+    client.put("l2copy", copy).await.unwrap();
+    assert_eq!(client.describe_table("l2copy").await.unwrap().metric, hyprstream_client::proto::Metric::L2);
+    let ids = client.query(&Query { columns: Some(vec!["id".into()]), ..Query::scan("t") }).await.unwrap();
+    assert!(ids.schema.metadata().is_empty(), "no vectors, no metric: {:?}", ids.schema.metadata());
 
     let flights = client.list_flights().await.unwrap();
     let mut listed: Vec<(String, i64)> = flights
@@ -46,7 +65,7 @@ async fn flight_info_schema_list_and_poll_describe_tables_and_queries() {
         .map(|f| (f.flight_descriptor.as_ref().unwrap().path[0].clone(), f.total_records))
         .collect();
     listed.sort();
-    assert_eq!(listed, vec![("t".to_string(), 12), ("u".to_string(), 3)]);
+    assert_eq!(listed, vec![("l2copy".to_string(), 5), ("l2t".to_string(), 5), ("t".to_string(), 12), ("u".to_string(), 3)]);
 
     let poll = client.flight().poll_flight_info(FlightDescriptor::new_path(vec!["t".into()])).await.unwrap();
     assert_eq!(poll.progress, Some(1.0));

@@ -60,6 +60,10 @@ async fn ivf_flat_probing_every_partition_equals_exact_search_and_sees_new_rows(
     let described = client.describe_table("t").await.unwrap();
     assert_eq!(described.indexes.len(), 1);
     assert_eq!(described.version, done.version.unwrap());
+    // A filter that fails only on the rows it meets, in a search Lance's planner answers (a
+    // pinned version): the filter's fault (it was INTERNAL there), named in the message.
+    let failing = Query { filter: Some("1/0 = 1".into()), version: Some(described.version), ..ann("t", random_vector(DIM), 5) };
+    assert_status(client.query(&failing).await, Code::InvalidArgument, "invalid filter '1/0 = 1'");
 
     for _ in 0..3 {
         let q = random_vector(DIM);
@@ -457,20 +461,55 @@ async fn bad_index_requests_are_refused() {
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "annoy"}))).await, Code::InvalidArgument, "unknown variant");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "column": "data_type"}))).await, Code::InvalidArgument, "fixed_size_list");
     assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "small", "type": "ivf_flat", "m": 8}))).await, Code::InvalidArgument, "apply to ivf_hnsw_sq and ivf_hnsw_flat only");
+    // HNSW sizes: ef_construction 2^40 once aborted the server (an allocation of 8 TB); m < 4
+    // and ef_construction < m Lance refused only after `started`.
+    for (m, ef, needle) in [(3, 100, "m must be between 4 and 256"), (1000, 2000, "m must be between"), (16, 8, "ef_construction must be between m (16)"), (16, 1u64 << 40, "and 10000")] {
+        let body = serde_json::json!({"table": "small", "type": "ivf_hnsw_flat", "num_partitions": 1, "m": m, "ef_construction": ef});
+        assert_status(client.action_raw("create_index", call(body)).await, Code::InvalidArgument, needle);
+    }
+    // Scalar indexes need a flat column of numbers, strings, booleans or times.
+    for column in ["raw_data", "embedding"] {
+        let body = serde_json::json!({"table": "small", "type": "bitmap", "column": column});
+        assert_status(client.action_raw("create_index", call(body)).await, Code::InvalidArgument, "numbers, strings, booleans or times");
+    }
     for extra in [serde_json::json!({"metric": "l2"}), serde_json::json!({"num_partitions": 4})] {
         let mut body = serde_json::json!({"table": "small", "type": "btree", "column": "id"});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         assert_status(client.action_raw("create_index", call(body)).await, Code::InvalidArgument, "apply to vector indexes");
     }
     // A refused build ends the call with its status and no `started` before it.
-    let mut stream = client
-        .flight()
-        .do_action(arrow_flight::Action::new("create_index", call(serde_json::json!({"table": "small", "type": "ivf_pq"}))))
-        .await
-        .unwrap();
-    match futures::StreamExt::next(&mut stream).await {
-        Some(Err(arrow_flight::error::FlightError::Tonic(status))) => assert_eq!(status.code(), Code::InvalidArgument, "{status}"),
-        other => panic!("expected the refusal first, got {other:?}"),
+    for body in [
+        serde_json::json!({"table": "small", "type": "ivf_pq"}),
+        serde_json::json!({"table": "small", "type": "ivf_hnsw_sq", "m": 2}),
+        serde_json::json!({"table": "small", "type": "btree", "column": "raw_data"}),
+    ] {
+        let mut stream = client.flight().do_action(arrow_flight::Action::new("create_index", call(body.clone()))).await.unwrap();
+        match futures::StreamExt::next(&mut stream).await {
+            Some(Err(arrow_flight::error::FlightError::Tonic(status))) => assert_eq!(status.code(), Code::InvalidArgument, "{body}: {status}"),
+            other => panic!("{body}: expected the refusal first, got {other:?}"),
+        }
+    }
+    // Under cosine Lance trains PQ on vectors that are not all zeros: 300 rows, half of them
+    // zero, is too few, and that is the request's fault, not the server's.
+    let mut rows = random_rows("z", 300, DIM);
+    rows[..150].iter_mut().for_each(|r| r.embedding = Some(vec![0.0; DIM]));
+    client.put("zeros", vec![batch(&rows, DIM)]).await.unwrap();
+    assert_status(client.action_raw("create_index", call(serde_json::json!({"table": "zeros", "type": "ivf_pq", "num_partitions": 2}))).await, Code::InvalidArgument, "Not enough rows to train PQ");
+    // A vector index on a fixed-size list of integers: refused before the build (Lance found it
+    // only while building, as INTERNAL).
+    {
+        use arrow::array::{Array, FixedSizeListArray, RecordBatch};
+        use arrow::datatypes::{Field, Int32Type, Schema};
+        use std::sync::Arc;
+        let base = batch(&random_rows("i", 300, DIM), DIM);
+        let codes = FixedSizeListArray::from_iter_primitive::<Int32Type, _, _>((0..300).map(|i| Some(vec![Some(i); 8])), 8);
+        let mut fields = base.schema().fields().to_vec();
+        fields.push(Arc::new(Field::new("codes", codes.data_type().clone(), true)));
+        let mut columns = base.columns().to_vec();
+        columns.push(Arc::new(codes));
+        client.put("ints", vec![RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()]).await.unwrap();
+        let body = serde_json::json!({"table": "ints", "type": "ivf_flat", "column": "codes", "num_partitions": 2});
+        assert_status(client.action_raw("create_index", call(body)).await, Code::InvalidArgument, "fixed_size_list<float32>");
     }
     assert_status(client.query(&Query { nprobes: Some(3), ..Query::search("small", random_vector(DIM), 3) }).await, Code::InvalidArgument, "\"exact\": false");
     assert_status(client.query(&Query { ef: Some(5), ..ann("small", random_vector(DIM), 10) }).await, Code::InvalidArgument, "ef 5 is below the 10 candidates");

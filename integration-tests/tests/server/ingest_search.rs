@@ -256,3 +256,35 @@ async fn overflowing_distances_rank_alike_on_the_engine_and_a_pinned_version() {
     assert_eq!(string_column(&old, "id"), ["h-0", "h-1", "h-2", "h-3"]);
     assert_eq!(distances(&old), [-f32::MAX, -f32::MAX, -5e19, f32::MAX]);
 }
+
+/// Cosine over rows whose squares and dot product leave float32's range (components ≈ 3e38):
+/// only the direction counts, on the in-memory engine and on the scan of a pinned version
+/// alike (the scan used to get NaN for such a row and drop it).
+#[tokio::test(flavor = "multi_thread")]
+async fn cosine_of_rows_past_float32_squares_ranks_alike_on_the_engine_and_a_pinned_version() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    let mut rows = random_rows("c", 4, DIM);
+    let lead = [[3e38f32, 3e38], [1.0, 0.0], [-3e38, -3e38], [0.0, 0.0]];
+    for (row, lead) in rows.iter_mut().zip(lead) {
+        let mut e = vec![0.0f32; DIM];
+        e[..2].copy_from_slice(&lead);
+        row.embedding = Some(e);
+    }
+    client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
+    let pinned = client.describe_table("t").await.unwrap().version;
+    client.put("t", vec![batch(&random_rows("x", 1, DIM), DIM)]).await.unwrap();
+
+    let mut q = vec![0.0f32; DIM];
+    q[..2].copy_from_slice(&[1.0, 1.0]);
+    let search = Query { filter: Some("id LIKE 'c-%'".into()), ..Query::search("t", q, 10) };
+    let latest = client.query(&search).await.unwrap();
+    let old = client.query(&Query { version: Some(pinned), ..search }).await.unwrap();
+    let expected = [0.0f32, 1.0 - std::f32::consts::FRAC_1_SQRT_2, 1.0, 2.0];
+    for rows in [&latest, &old] {
+        assert_eq!(string_column(rows, "id"), ["c-0", "c-1", "c-3", "c-2"]);
+        for (d, e) in distances(rows).iter().zip(expected) {
+            assert!((d - e).abs() < 1e-5, "{:?} vs {expected:?}", distances(rows));
+        }
+    }
+}

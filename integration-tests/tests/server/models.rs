@@ -369,6 +369,29 @@ async fn layer_writes_are_checked_and_a_new_version_is_served_without_restart() 
     let c = cosine(&after.embeddings[0], &before.embeddings[0].iter().map(|v| *v as f64).collect::<Vec<_>>());
     assert!(c < 0.9999, "the changed layer must change the embedding (cosine {c})");
     // Writing the original back restores the original model exactly.
+    client.put("models", vec![layer_put(MODEL, 1, layer1.clone())]).await.unwrap();
+    assert_eq!(client.embed(MODEL, &["The game is afoot."]).await.unwrap(), before);
+
+    // Finite weights that overflow float32 inside the network: every call that embeds fails
+    // with FAILED_PRECONDITION, and no NaN vector is stored.
+    client.create_table_with_model("notes", MODEL, Default::default()).await.unwrap();
+    let note = |id: &str| Row { id: id.into(), embedding: None, data_type: "text", raw: b"The game is afoot.".to_vec(), metadata: None };
+    client.put("notes", vec![batch(&[note("n-1")], 384)]).await.unwrap();
+    let notes_version = client.describe_table("notes").await.unwrap().version;
+    let offsets = header["encoder.layer.0.output.dense.weight"]["data_offsets"].as_array().unwrap();
+    let (a, b) = (start + offsets[0].as_u64().unwrap() as usize, start + offsets[1].as_u64().unwrap() as usize);
+    let mut huge = layer1.clone();
+    for chunk in huge[a..b].chunks_exact_mut(4) {
+        let v = f32::from_le_bytes(chunk.try_into().unwrap()).signum() * 3.0e38;
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    client.put("models", vec![layer_put(MODEL, 1, huge)]).await.unwrap();
+    assert_status(client.embed(MODEL, &["The game is afoot."]).await, Code::FailedPrecondition, "non-finite embedding");
+    assert_status(client.put("notes", vec![batch(&[note("n-2")], 384)]).await, Code::FailedPrecondition, "nothing was written");
+    assert_status(client.search_text("notes", "a hound", 3).await, Code::FailedPrecondition, "non-finite");
+    assert_eq!(client.describe_table("notes").await.unwrap().version, notes_version, "the refused put wrote nothing");
     client.put("models", vec![layer_put(MODEL, 1, layer1)]).await.unwrap();
     assert_eq!(client.embed(MODEL, &["The game is afoot."]).await.unwrap(), before);
+    client.put("notes", vec![batch(&[note("n-2")], 384)]).await.unwrap();
+    assert_eq!(string_column(&client.search_text("notes", "The game is afoot.", 1).await.unwrap(), "id").len(), 1);
 }

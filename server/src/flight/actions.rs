@@ -23,24 +23,42 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
         return Ok(import_model(tables.clone(), parse_json::<ImportModel>(&what, body)?));
     }
     let result = match name {
-        names::CREATE_TABLE => json_bytes(&tables.create_table(parse_json::<CreateTable>(&what, body)?).await?),
-        names::DROP_TABLE => json_bytes(&tables.drop_table(&parse_json::<TableRef>(&what, body)?.name).await?),
+        names::CREATE_TABLE => {
+            let req = parse_json::<CreateTable>(&what, body)?;
+            json_bytes(&to_completion(tables, |t| async move { t.create_table(req).await }).await?)
+        }
+        names::DROP_TABLE => {
+            let name = parse_json::<TableRef>(&what, body)?.name;
+            json_bytes(&to_completion(tables, |t| async move { t.drop_table(&name).await }).await?)
+        }
         names::LIST_TABLES => {
             parse_json::<NoArgs>(&what, body)?;
             json_bytes(&tables.list_tables().await?)
         }
         names::DESCRIBE_TABLE => json_bytes(&tables.describe(&parse_json::<TableRef>(&what, body)?.name).await?),
-        names::DELETE => json_bytes(&tables.delete(parse_json::<Delete>(&what, body)?).await?),
+        names::DELETE => {
+            let req = parse_json::<Delete>(&what, body)?;
+            json_bytes(&to_completion(tables, |t| async move { t.delete(req).await }).await?)
+        }
         names::SEARCH => json_bytes(&tables.search_hits(&parse_query(&what, body)?).await?),
         names::VERSIONS => json_bytes(&tables.versions(&parse_json::<TableRef>(&what, body)?.name).await?),
-        names::RESTORE => json_bytes(&tables.restore(parse_json::<Restore>(&what, body)?).await?),
-        names::OPTIMIZE => json_bytes(&tables.optimize(&parse_json::<TableRef>(&what, body)?.name).await?),
+        names::RESTORE => {
+            let req = parse_json::<Restore>(&what, body)?;
+            json_bytes(&to_completion(tables, |t| async move { t.restore(req).await }).await?)
+        }
+        names::OPTIMIZE => {
+            let name = parse_json::<TableRef>(&what, body)?.name;
+            json_bytes(&to_completion(tables, |t| async move { t.optimize(&name).await }).await?)
+        }
         names::LIST_MODELS => {
             parse_json::<NoArgs>(&what, body)?;
             json_bytes(&tables.list_models().await?)
         }
         names::DESCRIBE_MODEL => json_bytes(&tables.describe_model(&parse_json::<ModelRef>(&what, body)?.name).await?),
-        names::DROP_MODEL => json_bytes(&tables.drop_model(&parse_json::<ModelRef>(&what, body)?.name).await?),
+        names::DROP_MODEL => {
+            let name = parse_json::<ModelRef>(&what, body)?.name;
+            json_bytes(&to_completion(tables, |t| async move { t.drop_model(&name).await }).await?)
+        }
         names::EMBED => {
             let req = parse_json::<Embed>(&what, body)?;
             let (encoder, embeddings) = tables.embed_texts(&req).await?;
@@ -56,6 +74,17 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
         ))),
     }?;
     Ok(stream::once(async { Ok(result) }).boxed())
+}
+
+/// Runs a write in a task of its own, so once begun it reaches its commit and the server's
+/// record of it even if the client goes away (tonic drops a cancelled call's handler, which
+/// could otherwise stop between Lance's commit and that record).
+pub(super) async fn to_completion<T, F>(tables: &Arc<TableService>, write: impl FnOnce(Arc<TableService>) -> F) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    tokio::spawn(write(tables.clone())).await.unwrap_or_else(|e| Err(Error::internal(format!("write task failed: {e}"))))
 }
 
 /// `create_index` streams `started` once the request is checked (a refused one ends the call

@@ -31,30 +31,40 @@ struct EmbedTicket {
     embed: Embed,
 }
 
-/// Only whether a ticket has an `embed` key; everything else is skipped unparsed (a search
-/// ticket's vector is decoded once, by the typed parse).
+/// Only whether a ticket has an `embed` key (even `null`: that is a malformed embed ticket,
+/// not a query); everything else is skipped unparsed (a search ticket's vector is decoded
+/// once, by the typed parse).
 #[derive(serde::Deserialize)]
 struct TicketKind {
-    embed: Option<serde::de::IgnoredAny>,
+    #[serde(default, deserialize_with = "present")]
+    embed: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(value: D) -> std::result::Result<bool, D::Error> {
+    serde::Deserialize::deserialize(value).map(|_: serde::de::IgnoredAny| true)
 }
 
 pub fn parse_ticket(bytes: &[u8]) -> Result<TicketRequest> {
-    const SHAPE: &str = "a ticket is a JSON object: {\"table\": T} scans a table, with \"vector\" it searches it (docs/protocol.md)";
+    parse_request("ticket", bytes)
+}
+
+/// A ticket or a command descriptor (the same JSON); `what` names it in errors.
+fn parse_request(what: &str, bytes: &[u8]) -> Result<TicketRequest> {
+    let shape = || format!("a {what} is a JSON object: {{\"table\": T}} scans a table, with \"vector\" it searches it (docs/protocol.md)");
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::invalid(format!("the ticket is empty; {SHAPE}")));
+        return Err(Error::invalid(format!("the {what} is empty; {}", shape())));
     }
-    let kind: TicketKind = match parse_json("ticket", bytes) {
-        Ok(kind) => kind,
-        // Not an object at all (`[]`, `"x"`): serde would name the internal type it wanted.
-        Err(_) if serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| !v.is_object()) => {
-            return Err(Error::invalid(format!("the ticket is not a JSON object; {SHAPE}")));
-        }
-        Err(e) => return Err(e),
-    };
-    if kind.embed.is_some() {
-        Ok(TicketRequest::Embed(parse_json::<EmbedTicket>("embed ticket", bytes)?.embed))
+    // Not an object at all (`[]`, `"x"`): serde would name the internal type it wanted (or
+    // read an array as a struct's fields).
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !object && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
+        return Err(Error::invalid(format!("the {what} is not a JSON object; {}", shape())));
+    }
+    let kind: TicketKind = parse_json(what, bytes)?;
+    if kind.embed {
+        Ok(TicketRequest::Embed(parse_json::<EmbedTicket>(&format!("embed {what}"), bytes)?.embed))
     } else {
-        parse_query("ticket", bytes).map(TicketRequest::Query)
+        parse_query(what, bytes).map(TicketRequest::Query)
     }
 }
 
@@ -67,7 +77,12 @@ pub enum Target {
 pub fn parse_descriptor(descriptor: &FlightDescriptor) -> Result<Target> {
     match descriptor.r#type() {
         DescriptorType::Path => Ok(Target::Table(single_path(descriptor)?)),
-        DescriptorType::Cmd => Ok(Target::Query(parse_query("command descriptor", &descriptor.cmd)?)),
+        DescriptorType::Cmd => match parse_request("command descriptor", &descriptor.cmd)? {
+            TicketRequest::Query(query) => Ok(Target::Query(query)),
+            TicketRequest::Embed(_) => Err(Error::invalid(
+                "command descriptor: an embed request has no FlightInfo or schema; send it as a DoGet ticket (docs/protocol.md, Bulk embedding)",
+            )),
+        },
         DescriptorType::Unknown => Err(Error::invalid("descriptor type is UNKNOWN: use for_path(table) or for_command(JSON)")),
     }
 }

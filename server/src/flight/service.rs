@@ -204,7 +204,10 @@ impl FlightService for HyprstreamFlight {
                 "the put's descriptor says {expected} rows and the stream carried {sent}: nothing was written (did the sender stop partway?)"
             )));
         }
-        let summary = self.tables.put(&table, mode, &schema, batches).await.map_err(to_status)?;
+        // Every row is here: from now on the put runs to its commit whatever the client does.
+        let summary = actions::to_completion(&self.tables, |t| async move { t.put(&table, mode, &schema, batches).await })
+            .await
+            .map_err(to_status)?;
         let result = PutResult { app_metadata: json_bytes(&summary).map_err(to_status)? };
         Ok(Response::new(stream::iter([Ok(result)]).boxed()))
     }

@@ -12,6 +12,10 @@ use crate::store::{dataset_schema, IndexSpec};
 
 /// Most IVF partitions accepted.
 const MAX_PARTITIONS: usize = 65_536;
+/// HNSW graph degree accepted (hnswlib and Lance use 16-48; Lance refuses under 4).
+const HNSW_M: std::ops::RangeInclusive<usize> = 4..=256;
+/// Largest HNSW build beam accepted (hnswlib's guides stop at a few hundred).
+const MAX_EF_CONSTRUCTION: usize = 10_000;
 
 pub fn distance_type(metric: Metric) -> DistanceType {
     match metric {
@@ -52,7 +56,11 @@ impl TableService {
         let rows = self.store().count_rows(&dataset, counted).await? as usize;
         let spec = if req.kind.is_vector() {
             let dim = match field.data_type() {
-                arrow_schema::DataType::FixedSizeList(_, n) if column == EMBEDDING || table_dim(&schema).is_some() => *n as usize,
+                arrow_schema::DataType::FixedSizeList(item, n)
+                    if (column == EMBEDDING || table_dim(&schema).is_some()) && item.data_type().is_floating() =>
+                {
+                    *n as usize
+                }
                 other => {
                     return Err(Error::invalid(format!(
                         "a vector index needs a fixed_size_list<float32> column; '{column}' is {other}"
@@ -85,18 +93,48 @@ impl TableService {
                     }
                     IndexSpec::IvfPq { partitions, sub_vectors, metric }
                 }
-                _ => IndexSpec::IvfHnsw {
-                    partitions,
-                    m: req.m.unwrap_or(20),
-                    ef_construction: req.ef_construction.unwrap_or(150),
-                    metric,
-                    quantized: req.kind == IndexKind::IvfHnswSq,
-                },
+                _ => {
+                    let (m, ef_construction) = (req.m.unwrap_or(20), req.ef_construction.unwrap_or(150));
+                    // Checked here, before `started`: Lance refuses m < 4 only once the build
+                    // runs, and allocates ef_construction-sized buffers (2^40 aborted the
+                    // process).
+                    if !(HNSW_M.contains(&m)) {
+                        return Err(Error::invalid(format!(
+                            "m must be between {} and {}, got {m}",
+                            HNSW_M.start(),
+                            HNSW_M.end()
+                        )));
+                    }
+                    if ef_construction < m || ef_construction > MAX_EF_CONSTRUCTION {
+                        return Err(Error::invalid(format!(
+                            "ef_construction must be between m ({m}) and {MAX_EF_CONSTRUCTION}, got {ef_construction}"
+                        )));
+                    }
+                    IndexSpec::IvfHnsw { partitions, m, ef_construction, metric, quantized: req.kind == IndexKind::IvfHnswSq }
+                }
             }
-        } else if req.kind == IndexKind::Btree {
-            IndexSpec::BTree
         } else {
-            IndexSpec::Bitmap
+            // Lance builds scalar indexes on flat columns of numbers, strings, booleans and
+            // times only; it says so once the build has begun.
+            let flat = !field.data_type().is_nested()
+                && !matches!(
+                    field.data_type(),
+                    arrow_schema::DataType::Binary
+                        | arrow_schema::DataType::LargeBinary
+                        | arrow_schema::DataType::BinaryView
+                        | arrow_schema::DataType::FixedSizeBinary(_)
+                );
+            if !flat {
+                return Err(Error::invalid(format!(
+                    "a btree or bitmap index needs a column of numbers, strings, booleans or times; '{column}' is {}",
+                    field.data_type()
+                )));
+            }
+            if req.kind == IndexKind::Btree {
+                IndexSpec::BTree
+            } else {
+                IndexSpec::Bitmap
+            }
         };
         if (req.metric.is_some() || req.num_partitions.is_some()) && !req.kind.is_vector() {
             return Err(Error::invalid("metric and num_partitions apply to vector indexes (ivf_*) only"));

@@ -112,7 +112,8 @@ impl TableService {
         &self.store
     }
 
-    /// Serialises writers of one table; readers never wait.
+    /// Serialises writers of one table; readers never wait. The holder's base version is the
+    /// one on disk (see `Store::refresh_latest`).
     pub(crate) async fn write_lock(&self, table: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.write_locks.lock().expect("write-lock map poisoned");
@@ -124,7 +125,9 @@ impl TableService {
             }
             locks.entry(table.to_string()).or_default().clone()
         };
-        lock.lock_owned().await
+        let guard = lock.lock_owned().await;
+        self.store.refresh_latest(table).await;
+        guard
     }
 
     async fn open(&self, table: &str, version: Option<u64>) -> Result<Dataset> {

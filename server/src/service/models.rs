@@ -144,6 +144,17 @@ impl LoadedEncoder {
             .await
             .map_err(|e| Error::internal(format!("embedding task failed: {e}")))?
             .map_err(|e| Error::internal(format!("model '{}': {e}", self.name)))?;
+            // Finite weights can still overflow float32 inside the network. A non-finite
+            // vector would be stored (or searched with) as if it were an embedding, so the
+            // whole call fails instead and nothing is written.
+            if let Some(row) = vectors.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
+                return Err(Error::failed_precondition(format!(
+                    "model '{}' (version {}) produced a non-finite embedding for text {} of this request: its weights overflow float32; fix or replace the model's layers (nothing was written)",
+                    self.name,
+                    self.version,
+                    out.len() + row
+                )));
+            }
             out.extend(vectors);
             if total > CHUNK {
                 tracing::info!(model = %self.name, done = out.len(), total, seconds = started.elapsed().as_secs_f64(), "embedding");

@@ -291,6 +291,10 @@ impl TableService {
         if let Some(s) = &search {
             metadata.insert(SEARCH_PATH.to_string(), s.path.as_str().to_string());
             metadata.insert(METRIC.to_string(), s.metric.as_str().to_string());
+        } else if columns.iter().any(|c| c == EMBEDDING) {
+            // A scan's vectors carry the table's metric: a copy made by putting them into a
+            // new table ranks as the original does (put reads this key).
+            metadata.insert(METRIC.to_string(), super::table_metric(&table_schema).as_str().to_string());
         }
         let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
         Ok(Plan { dataset, columns, schema, search })

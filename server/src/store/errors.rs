@@ -21,7 +21,9 @@ pub fn lance_error(e: lance::Error) -> Error {
     use lance::Error as L;
     let message = strip_location(&e.to_string());
     match e {
-        L::InvalidInput { .. } | L::SchemaMismatch { .. } | L::Schema { .. } | L::FieldNotFound { .. } => {
+        // Unprocessable: data Lance cannot use as asked (too few non-zero vectors to train an
+        // index under cosine, which leaves zero vectors out).
+        L::InvalidInput { .. } | L::SchemaMismatch { .. } | L::Schema { .. } | L::FieldNotFound { .. } | L::Unprocessable { .. } => {
             Error::invalid(message)
         }
         L::DatasetNotFound { .. } | L::NotFound { .. } | L::VersionNotFound { .. } | L::IndexNotFound { .. } => {

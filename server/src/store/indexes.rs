@@ -379,7 +379,7 @@ impl Store {
             None => lance_error(e),
         };
         let batches: Vec<RecordBatch> =
-            scanner.try_into_stream().await.map_err(on_error)?.try_collect().await.map_err(lance_error)?;
+            scanner.try_into_stream().await.map_err(on_error)?.try_collect().await.map_err(on_error)?;
         let (mut ids, mut distances) = (Vec::new(), Vec::new());
         for batch in &batches {
             ids.extend_from_slice(super::row_ids(batch)?);

@@ -24,6 +24,9 @@ pub use errors::lance_error;
 pub use indexes::{AnnQuery, Compaction, IndexSpec, IndexedHits};
 
 const DATASET_SUFFIX: &str = ".lance";
+/// Where a dropped table's directory goes before it is deleted (table names hold no dot, so
+/// it is never a table).
+const TRASH_DIR: &str = ".dropped";
 
 /// What a scan reads.
 #[derive(Debug, Default, Clone)]
@@ -100,6 +103,13 @@ impl Store {
         std::fs::create_dir_all(&root).map_err(|e| {
             Error::internal(format!("cannot create data directory {}: {e}", root.display()))
         })?;
+        // Files of tables dropped while a previous run was removing them.
+        let trash = root.join(TRASH_DIR);
+        if trash.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&trash) {
+                tracing::warn!(path = %trash.display(), error = %e, "cannot remove dropped tables' files");
+            }
+        }
         Ok(Store {
             root,
             session: Arc::new(Session::default()),
@@ -180,6 +190,21 @@ impl Store {
         self.index_facts_cache.forget(&uri);
         self.admitted_cache.forget(&uri);
         self.node_mask_cache.forget(&uri);
+    }
+
+    /// Makes sure the remembered latest version of `table` is the one on disk. Writers call it
+    /// under the table's write lock before they read their base version: a write that
+    /// committed but never reached `remember` (its task died between the two) must not leave
+    /// the next write basing itself on the version before, where an upsert of the same id
+    /// would insert it a second time.
+    pub async fn refresh_latest(&self, table: &str) {
+        let cached = self.latest.lock().expect("dataset cache poisoned").datasets.get(table).cloned();
+        if let Some(dataset) = cached {
+            if !matches!(dataset.is_stale().await, Ok(false)) {
+                tracing::warn!(table, version = dataset.version().version, "the remembered latest version was behind the disk; reloading");
+                self.forget(table);
+            }
+        }
     }
 
     /// Opens the latest version, or `version` when given.
@@ -305,9 +330,19 @@ impl Store {
             return Err(Error::not_found(format!("table '{table}' does not exist")));
         }
         self.forget(table);
-        tokio::fs::remove_dir_all(self.path(table))
-            .await
-            .map_err(|e| Error::internal(format!("cannot remove table '{table}': {e}")))
+        // Renamed first (one atomic step), so readers see the table either whole or gone,
+        // never a directory whose manifests are half deleted; then removed at leisure.
+        let trash = self.root.join(TRASH_DIR);
+        std::fs::create_dir_all(&trash).map_err(|e| Error::internal(format!("cannot create {}: {e}", trash.display())))?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let doomed = trash.join(format!("{table}-{nanos}"));
+        std::fs::rename(self.path(table), &doomed).map_err(|e| Error::internal(format!("cannot remove table '{table}': {e}")))?;
+        if let Err(e) = tokio::fs::remove_dir_all(&doomed).await {
+            // The table is gone for every reader already; only disk space is left behind
+            // (removed at the next start).
+            tracing::warn!(table, path = %doomed.display(), error = %e, "dropped table's files not removed");
+        }
+        Ok(())
     }
 
     /// Drops the index `name`; returns the new dataset version.
