@@ -19,14 +19,17 @@ fi
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
-PYTHON="${PYTHON:-python3}"
 # Debian 12 and later mark the system Python "externally managed" (PEP 668): pip refuses to
 # install into it. There the test packages go into a virtual environment, which the
-# Makefile then uses as its Python (same path: keep the two in step).
+# Makefile then uses as its Python (same path: keep the two in step). A PYTHON given by the
+# caller is used as it is, as the Makefile does.
 VENV="$HOME/.cache/hyprstream/venv"
-if [ -x "$VENV/bin/python" ]; then
+if [ -n "${PYTHON:-}" ]; then
+  :
+elif [ -x "$VENV/bin/python" ]; then
   PYTHON="$VENV/bin/python"
-elif [ -z "${VIRTUAL_ENV:-}" ] && "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+elif python3 -c 'import os, sys, sysconfig; sys.exit(sys.prefix != sys.base_prefix or not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+  PYTHON=python3
   echo "setup: $PYTHON is externally managed (PEP 668): using a virtual environment in $VENV"
   if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
     rm -rf "$VENV"
@@ -38,6 +41,7 @@ elif [ -z "${VIRTUAL_ENV:-}" ] && "$PYTHON" -c 'import os, sys, sysconfig; sys.e
   fi
   PYTHON="$VENV/bin/python"
 fi
+PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" - <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
 want = {}

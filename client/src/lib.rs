@@ -98,6 +98,22 @@ pub struct HyprstreamClient {
     flight: FlightClient,
 }
 
+/// `batch` as a batch of `schema`: its columns, in order, cast to the schema's types.
+fn fit_to(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    let misfit = |e: String| ClientError::Protocol(format!("a batch does not match the put's schema: {e}"));
+    if batch.num_columns() != schema.fields().len() {
+        return Err(misfit(format!("it has {} columns, the schema {}", batch.num_columns(), schema.fields().len())));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| arrow::compute::cast(column, field.data_type()).map_err(|e| misfit(format!("column '{}': {e}", field.name()))))
+        .collect::<Result<Vec<_>>>()?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(|e| misfit(e.to_string()))
+}
+
 /// `grpc://host:port` (Flight's scheme) → `http://host:port` (tonic's).
 fn endpoint_uri(url: &str) -> Result<String> {
     if let Some(rest) = url.strip_prefix("grpc://").or_else(|| url.strip_prefix("grpc+tcp://")) {
@@ -173,16 +189,10 @@ impl HyprstreamClient {
             let declared = declared.clone();
             async move {
             // A batch that does not fit the declared schema would fail inside the encoder,
-            // which (like an input error) ends the upload normally: checked here instead,
-            // with the encoder's own test, so it cancels the call.
-            let next = futures::StreamExt::next(&mut batches).await.map(|item| {
-                item.and_then(|batch| {
-                    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-                    RecordBatch::try_new_with_options(declared, batch.columns().to_vec(), &options).map_err(|e| {
-                        ClientError::Protocol(format!("a batch does not match the put's schema: {e}"))
-                    })
-                })
-            });
+            // which (like an input error) ends the upload normally: fitted here instead, as
+            // the encoder does (each column cast to the declared type), so a misfit cancels
+            // the call.
+            let next = futures::StreamExt::next(&mut batches).await.map(|item| item.and_then(|batch| fit_to(&declared, batch)));
             match next {
                 Some(Ok(batch)) => Some((Ok(batch), (batches, failed))),
                 Some(Err(e)) => {

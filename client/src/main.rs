@@ -241,7 +241,7 @@ impl Output {
         } else if self.json {
             for b in &rows.batches {
                 for line in json_lines(b)? {
-                    println!("{}", serde_json::Value::Object(line));
+                    println!("{line}");
                 }
             }
         } else {
@@ -252,49 +252,67 @@ impl Output {
     }
 }
 
-/// A batch as JSON lines. Binary values (`raw_data`) are written as text when they are UTF-8,
-/// else as `{"base64": "…"}` (Arrow's writer would give hex, which `put` would then store as
-/// the hex text itself): `put` of the output stores the same bytes.
-fn json_lines(batch: &RecordBatch) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+/// A batch as JSON lines, keys in column order (what Arrow's writer gives, but for binary
+/// columns: their hex form would be put back as the hex text itself). `raw_data` is written as
+/// text when it is UTF-8 (it is a text row's text), other binary values as `{"base64": "…"}`;
+/// `put` reads both back to the same bytes.
+fn json_lines(batch: &RecordBatch) -> Result<Vec<String>> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::DataType;
     let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
     writer.write(batch)?;
     writer.finish()?;
     let text = String::from_utf8(writer.into_inner())?;
-    let mut lines: Vec<serde_json::Map<String, serde_json::Value>> =
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> =
         text.lines().map(serde_json::from_str).collect::<std::result::Result<_, _>>()?;
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let value = |i: usize| -> Option<&[u8]> {
-            match field.data_type() {
+    let schema = batch.schema();
+    let mut lines = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let mut out = String::from("{");
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            let bytes = match field.data_type() {
                 _ if column.is_null(i) => None,
                 DataType::Binary => Some(column.as_binary::<i32>().value(i)),
                 DataType::LargeBinary => Some(column.as_binary::<i64>().value(i)),
                 _ => None,
+            };
+            let value = match bytes {
+                Some(bytes) => binary_json(bytes, field.name() == "raw_data"),
+                // Arrow's writer leaves nulls out; so does this.
+                None => match row.get(field.name()) {
+                    Some(v) => v.clone(),
+                    None => continue,
+                },
+            };
+            if out.len() > 1 {
+                out.push(',');
             }
-        };
-        if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary) {
-            continue;
-        }
-        for (i, line) in lines.iter_mut().enumerate() {
-            if let Some(bytes) = value(i) {
-                line.insert(field.name().clone(), binary_json(bytes));
-            }
-        }
+            out.push_str(&serde_json::to_string(field.name())?);
+            out.push(':');
+            out.push_str(&serde_json::to_string(&value)?);
+                    }
+        out.push('}');
+        lines.push(out);
     }
     Ok(lines)
 }
 
-fn binary_json(bytes: &[u8]) -> serde_json::Value {
+/// Bytes as JSON: text if `as_text` and they are UTF-8, else `{"base64": "…"}`.
+fn binary_json(bytes: &[u8], as_text: bool) -> serde_json::Value {
     use base64::Engine as _;
     match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::Value::String(text.to_string()),
-        Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+        Ok(text) if as_text => serde_json::Value::String(text.to_string()),
+        _ => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
     }
 }
 
-/// `raw_data` as JSON-lines input gives it: text (stored as its UTF-8 bytes), `{"base64": "…"}`
-/// (any bytes), or null.
+/// Whether a JSON value is the `{"base64": "…"}` form of bytes.
+fn is_base64_object(value: &serde_json::Value) -> bool {
+    value.as_object().is_some_and(|o| o.len() == 1 && o.get("base64").is_some_and(serde_json::Value::is_string))
+}
+
+/// A binary column's value as JSON-lines input gives it: text (stored as its UTF-8 bytes),
+/// `{"base64": "…"}` (any bytes), or null.
 fn binary_from_json(value: &serde_json::Value, line: usize) -> Result<Option<Vec<u8>>> {
     use base64::Engine as _;
     match value {
@@ -305,9 +323,64 @@ fn binary_from_json(value: &serde_json::Value, line: usize) -> Result<Option<Vec
             base64::engine::general_purpose::STANDARD
                 .decode(text)
                 .map(Some)
-                .with_context(|| format!("line {line}: raw_data's \"base64\" is not base64"))
+                .with_context(|| format!("line {line}: \"base64\" is not base64"))
         }
-        other => bail!("line {line}: raw_data must be text, {{\"base64\": \"…\"}} or null, got {other}"),
+        other => bail!("line {line}: a binary value must be text, {{\"base64\": \"…\"}} or null, got {other}"),
+    }
+}
+
+/// A JSON value read as the server reads `metadata`: a key twice in one object is an error
+/// (serde_json would keep the last one, silently changing what is stored).
+struct StrictJson(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(items.into())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, StrictJson(value))) = map.next_entry::<String, StrictJson>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("key '{key}' appears twice in one object")));
+            }
+            object.insert(key, value);
+        }
+        Ok(object.into())
     }
 }
 
@@ -350,59 +423,68 @@ fn read_file(path: &Path) -> Result<(SchemaRef, Batches)> {
         }
         "json" | "jsonl" | "ndjson" => {
             // A JSON object in `metadata` is sent as JSON text (the column's stored form),
-            // rather than as the struct Arrow's reader would infer; `raw_data` is taken out and
-            // made a binary column (see `binary_from_json`).
-            let mut lines = Vec::new();
-            let mut raw_data: Option<Vec<Option<Vec<u8>>>> = None;
+            // rather than as the struct Arrow's reader would infer. Binary columns (`raw_data`,
+            // and any column with a `{"base64": …}` value, as `scan --json` writes them) are
+            // taken out and made binary columns (see `binary_from_json`).
+            let mut objects = Vec::new();
             for (number, line) in BufReader::new(file).lines().enumerate() {
                 let line = line?;
                 if line.trim().is_empty() {
                     continue;
                 }
-                let mut value: serde_json::Value =
-                    serde_json::from_str(&line).with_context(|| format!("line {}: not a JSON object", number + 1))?;
-                let object = value.as_object_mut().with_context(|| format!("line {}: not a JSON object", number + 1))?;
+                let value = serde_json::from_str::<StrictJson>(&line).with_context(|| format!("line {}", number + 1))?.0;
+                let serde_json::Value::Object(mut object) = value else { bail!("line {}: not a JSON object", number + 1) };
                 if let Some(m) = object.get_mut("metadata") {
                     if !m.is_string() && !m.is_null() {
                         *m = serde_json::Value::String(m.to_string());
                     }
                 }
-                let raw = object.remove("raw_data");
-                if raw.is_some() && raw_data.is_none() {
-                    raw_data = Some(vec![None; lines.len()]);
+                objects.push((number + 1, object));
+            }
+            let mut binary: Vec<String> = vec!["raw_data".to_string()];
+            for (_, object) in &objects {
+                for (key, value) in object {
+                    if key != "metadata" && is_base64_object(value) && !binary.contains(key) {
+                        binary.push(key.clone());
+                    }
                 }
-                if let Some(column) = &mut raw_data {
-                    column.push(match raw {
-                        Some(v) => binary_from_json(&v, number + 1)?,
+            }
+            binary.retain(|key| objects.iter().any(|(_, o)| o.contains_key(key)));
+            let mut binary_columns: Vec<Vec<Option<Vec<u8>>>> = vec![Vec::with_capacity(objects.len()); binary.len()];
+            let mut lines = Vec::with_capacity(objects.len());
+            for (number, mut object) in objects {
+                for (key, column) in binary.iter().zip(&mut binary_columns) {
+                    column.push(match object.remove(key) {
+                        Some(v) => binary_from_json(&v, number)?,
                         None => None,
                     });
                 }
-                lines.push(value.to_string());
+                lines.push(serde_json::Value::Object(object).to_string());
             }
-            let rows = lines.len();
             let data = lines.join("\n");
             // Every line counts for the types (a field first seen late is not dropped), and
             // the reader is strict, so nothing the schema lacks is silently left out.
             let (schema, _) = arrow::json::reader::infer_json_schema_from_seekable(Cursor::new(data.as_bytes()), None)?;
             let schema = nulls_as_text(schema);
-            let mut batch = arrow::json::ReaderBuilder::new(schema.clone())
-                .with_strict_mode(true)
-                .with_batch_size(rows.max(1))
-                .build(Cursor::new(data.into_bytes()))?
-                .next()
-                .transpose()?
-                .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
-            if let Some(raw) = raw_data {
-                use arrow::datatypes::{DataType, Field};
-                let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-                fields.push(Field::new("raw_data", DataType::LargeBinary, true));
+            let reader = arrow::json::ReaderBuilder::new(schema.clone()).with_strict_mode(true).build(Cursor::new(data.into_bytes()))?;
+            let mut full = schema.fields().iter().map(|f| f.as_ref().clone()).collect::<Vec<_>>();
+            full.extend(binary.iter().map(|name| arrow::datatypes::Field::new(name, arrow::datatypes::DataType::LargeBinary, true)));
+            let full = Arc::new(arrow::datatypes::Schema::new(full));
+            let out = full.clone();
+            let mut done = 0usize;
+            // The binary columns are cut to each batch Arrow's reader yields.
+            let batches = reader.map(move |batch| -> hyprstream_client::Result<RecordBatch> {
+                let batch = batch?;
+                let rows = batch.num_rows();
                 let mut columns = batch.columns().to_vec();
-                columns.push(Arc::new(arrow::array::LargeBinaryArray::from_iter(raw)));
+                for column in &binary_columns {
+                    columns.push(Arc::new(arrow::array::LargeBinaryArray::from_iter(column[done..done + rows].iter().cloned())));
+                }
+                done += rows;
                 let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
-                batch = RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options)?;
-            }
-            let schema = batch.schema();
-            Ok((schema, Box::new(std::iter::once(Ok(batch)))))
+                Ok(RecordBatch::try_new_with_options(out.clone(), columns, &options)?)
+            });
+            Ok((full, Box::new(batches)))
         }
         other => bail!("cannot read '.{other}' files: use .parquet, .csv or .jsonl"),
     }

@@ -51,6 +51,16 @@ impl Error {
     }
 }
 
+/// What a client sent, quoted in a message: cut to 200 characters, so the explanation that
+/// follows it survives the status's length limit.
+pub fn quoted(text: &str) -> String {
+    const KEEP: usize = 200;
+    match text.char_indices().nth(KEEP) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} more characters)", &text[..end], text[end..].chars().count()),
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}: {}", self.kind, self.message)

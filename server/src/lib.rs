@@ -89,7 +89,7 @@ pub async fn serve(
     let tables = Arc::new(TableService::new(store));
     import_startup_models(&tables, &config.import_models).await?;
     let auth: Arc<dyn Authenticator> = Arc::new(AllowAll);
-    let flight = FlightServiceServer::new(HyprstreamFlight::new(tables, auth, config.max_put_bytes))
+    let flight = FlightServiceServer::new(HyprstreamFlight::new(tables.clone(), auth, config.max_put_bytes))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -118,6 +118,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .map_err(|e| anyhow_lite::msg(format!("server error: {e}")))?;
+    // Writes whose clients went away still run to their commit (an index build may take a
+    // while): the process ends after them.
+    tables.drain_writes().await;
     tracing::info!("hyprstream-server stopped");
     Ok(())
 }

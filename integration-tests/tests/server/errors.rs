@@ -60,9 +60,11 @@ async fn bad_queries_are_invalid_argument_or_not_found() {
     // Lance would ignore what follows a ';' (here: select every row).
     assert_status(client.query(&Query { filter: Some("id = 'ok-1'; true".into()), ..Query::scan("t") }).await, Code::InvalidArgument, "remove the ';'");
     assert_eq!(client.query(&Query { filter: Some("id = 'a;b'".into()), ..Query::scan("t") }).await.unwrap().num_rows(), 0);
-    // Messages quote the request; a long one is cut so the status still gets through.
+    // Messages quote the request cut short, so the explanation after it still gets through.
     let long = "x".repeat(20_000);
-    assert_status(client.scan(&long).await, Code::InvalidArgument, "more bytes of this message cut");
+    assert_status(client.scan(&long).await, Code::InvalidArgument, "… (19800 more characters)': use 1-64 characters");
+    let long_filter = format!("nosuch = '{}'", "z".repeat(20_000));
+    assert_status(client.query(&Query { filter: Some(long_filter), ..Query::scan("t") }).await, Code::InvalidArgument, "nosuch");
     assert_status(client.scan("bad-name").await, Code::InvalidArgument, "invalid table name");
     assert_status(client.scan("../etc").await, Code::InvalidArgument, "invalid table name");
     assert_status(client.search("t", vec![1.0; DIM], 0).await, Code::InvalidArgument, "k must be");
@@ -301,30 +303,14 @@ async fn a_put_whose_input_fails_partway_commits_nothing() {
             other => panic!("expected the input's error, got {other:?}"),
         }
     }
-    // A batch that does not fit the declared schema (its vectors' item field named otherwise)
-    // fails inside arrow-flight's encoder, which ends the upload normally too: an overwrite
-    // then emptied the table. It is caught before the encoder and cancels the call the same way.
+    // A batch that does not fit the declared schema (a column short) fails inside
+    // arrow-flight's encoder, which ends the upload normally too: an overwrite then emptied
+    // the table. It is caught before the encoder and cancels the call the same way.
     for mode in [hyprstream_client::proto::PutMode::Upsert, hyprstream_client::proto::PutMode::Overwrite] {
-        use arrow::array::{Array, AsArray, FixedSizeListArray};
         let good = batch(&rows[..10], DIM);
-        let vectors = good.column_by_name("embedding").unwrap().as_fixed_size_list().clone();
-        let renamed = FixedSizeListArray::try_new(
-            Arc::new(Field::new("element", DataType::Float32, true)),
-            DIM as i32,
-            vectors.values().clone(),
-            vectors.nulls().cloned(),
-        )
-        .unwrap();
-        let fields: Vec<Field> = good
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| if f.name() == "embedding" { Field::new("embedding", renamed.data_type().clone(), true) } else { f.as_ref().clone() })
-            .collect();
-        let columns: Vec<ArrayRef> =
-            good.schema().fields().iter().zip(good.columns()).map(|(f, c)| if f.name() == "embedding" { Arc::new(renamed.clone()) as ArrayRef } else { c.clone() }).collect();
-        let mismatched = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-        let strict = good.schema();
+        let mut short = good.clone();
+        short.remove_column(short.schema().index_of("metadata").unwrap());
+        let (mismatched, strict) = (short, good.schema());
         let items: Vec<hyprstream_client::Result<RecordBatch>> = vec![Ok(good), Ok(mismatched)];
         match client.put_stream("t", mode, strict, futures::stream::iter(items)).await {
             Err(hyprstream_client::ClientError::Protocol(m)) => assert!(m.contains("does not match the put's schema"), "{m}"),

@@ -313,3 +313,35 @@ async fn writes_base_themselves_on_the_version_on_disk() {
     assert_eq!(a.delete("t", "id = 'gone-0'").await.unwrap().deleted, 1);
     assert_eq!(a.scan("t").await.unwrap().num_rows(), 5);
 }
+
+/// Writes whose clients went away: one still waiting for its table's write lock never begins
+/// (its client was told it failed); one that has begun (an index build) reaches its commit,
+/// even when the server is stopped meanwhile: the process ends after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_abandoned_by_their_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path().to_path_buf());
+    let mut client = server.client().await;
+    for chunk in random_rows("w", 40_000, DIM).chunks(10_000) {
+        client.put("t", vec![batch(chunk, DIM)]).await.unwrap();
+    }
+    let before = client.describe_table("t").await.unwrap().version;
+    let body = serde_json::json!({"table": "t", "type": "ivf_hnsw_flat", "num_partitions": 1, "m": 32, "ef_construction": 400});
+    let mut build = client.flight().do_action(arrow_flight::Action::new("create_index", body.to_string())).await.unwrap();
+    let started = futures::StreamExt::next(&mut build).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&started).contains("started"));
+    // A put behind the build, given up by its client.
+    let mut other = server.client().await;
+    let late = tokio::time::timeout(std::time::Duration::from_millis(300), other.put("t", vec![batch(&random_rows("late", 1, DIM), DIM)])).await;
+    assert!(late.is_err(), "the put waits behind the build");
+    drop(build);
+    let stopped = tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    assert!(stopped.success(), "SIGTERM is a clean exit");
+
+    let server = Server::start_in(dir.path().to_path_buf());
+    let mut client = server.client().await;
+    let described = client.describe_table("t").await.unwrap();
+    assert_eq!(described.indexes.len(), 1, "the build ran to its commit before the server stopped");
+    assert_eq!(described.rows, 40_000, "the abandoned put never began");
+    assert_eq!(described.version, before + 1);
+}

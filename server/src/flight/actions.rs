@@ -1,6 +1,8 @@
 //! DoAction: action name + JSON body → a domain call → JSON result bodies.
 use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use hyprstream_proto::actions::{names, CreateIndex, CreateTable, Delete, Embed, ImportModel, ModelRef, NoArgs, Restore, TableRef};
@@ -9,7 +11,7 @@ use hyprstream_proto::{EmbedResult, IndexProgress, ACTIONS};
 use super::encode::json_bytes;
 use super::request::{parse_json, parse_query};
 use crate::error::{Error, Result};
-use crate::service::TableService;
+use crate::service::{TableService, CALLER_GONE};
 
 /// Runs one action; each item of the stream is one Flight `Result`. Most actions answer
 /// once; `create_index` reports `started` once the request is checked and `done` when the
@@ -20,7 +22,7 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
         return create_index(tables.clone(), parse_json::<CreateIndex>(&what, body)?).await;
     }
     if name == names::IMPORT_MODEL {
-        return Ok(import_model(tables.clone(), parse_json::<ImportModel>(&what, body)?));
+        return Ok(import_model(tables.clone(), parse_json::<ImportModel>(&what, body)?).await);
     }
     let result = match name {
         names::CREATE_TABLE => {
@@ -76,15 +78,44 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
     Ok(stream::once(async { Ok(result) }).boxed())
 }
 
-/// Runs a write in a task of its own, so once begun it reaches its commit and the server's
-/// record of it even if the client goes away (tonic drops a cancelled call's handler, which
-/// could otherwise stop between Lance's commit and that record).
+/// Runs a write in a task of its own, so once begun (once it holds its table's write lock) it
+/// reaches its commit and the server's record of it even if the client goes away: tonic drops
+/// a cancelled call's handler, which could otherwise stop between Lance's commit and that
+/// record. One whose client is gone before it begins never begins (`CALLER_GONE`). Shutdown
+/// waits for it (`drain_writes`).
 pub(super) async fn to_completion<T, F>(tables: &Arc<TableService>, write: impl FnOnce(Arc<TableService>) -> F) -> Result<T>
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T>> + Send + 'static,
 {
-    tokio::spawn(write(tables.clone())).await.unwrap_or_else(|e| Err(Error::internal(format!("write task failed: {e}"))))
+    let (task, _gone_on_drop) = detached(tables, write).await;
+    task.await.unwrap_or_else(|e| Err(Error::internal(format!("write task failed: {e}"))))
+}
+
+/// Marks the write's caller as gone when the request's handler is dropped.
+pub(super) struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Spawns `write` as a detached write (see `to_completion`); the guard must live as long as the
+/// request does.
+async fn detached<T, F>(tables: &Arc<TableService>, write: impl FnOnce(Arc<TableService>) -> F) -> (JoinHandle<Result<T>>, GoneOnDrop)
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let pass = tables.write_pass().await;
+    let gone = Arc::new(AtomicBool::new(false));
+    let write = CALLER_GONE.scope(gone.clone(), write(tables.clone()));
+    let task = tokio::spawn(async move {
+        let _pass = pass;
+        write.await
+    });
+    (task, GoneOnDrop(gone))
 }
 
 /// `create_index` streams `started` once the request is checked (a refused one ends the call
@@ -93,23 +124,28 @@ where
 async fn create_index(tables: Arc<TableService>, req: CreateIndex) -> Result<BoxStream<'static, Result<Bytes>>> {
     let started = json_bytes(&IndexProgress { stage: "started".into(), table: req.table.clone(), index: None, version: None, seconds: 0.0 })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
+    let (task, gone_on_drop) = detached(&tables, move |tables| async move {
         let (index, version, seconds) = tables.create_index(req.clone(), move || drop(tx.send(started))).await?;
         json_bytes(&IndexProgress { stage: "done".into(), table: req.table, index: Some(index), version: Some(version), seconds })
-    });
+    })
+    .await;
     // `started` if the build began (the sender is dropped unused when the request is refused).
     let progress = stream::once(rx).filter_map(|sent| async move { sent.ok().map(Ok) });
-    let outcome = stream::once(async move { task.await.unwrap_or_else(|e| Err(Error::internal(format!("index build task failed: {e}")))) });
+    let outcome = stream::once(async move {
+        let _gone_on_drop = gone_on_drop;
+        task.await.unwrap_or_else(|e| Err(Error::internal(format!("index build task failed: {e}"))))
+    });
     Ok(progress.chain(outcome).boxed())
 }
 
 /// `import_model` streams `reading`, one `layer` per layer, then `done`; a failure ends the
 /// stream with its status. The import runs to its commit even if the client goes away.
-fn import_model(tables: Arc<TableService>, req: ImportModel) -> BoxStream<'static, Result<Bytes>> {
+async fn import_model(tables: Arc<TableService>, req: ImportModel) -> BoxStream<'static, Result<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let task = tokio::spawn(async move { tables.import_model(req, tx).await });
+    let (task, gone_on_drop) = detached(&tables, move |tables| async move { tables.import_model(req, tx).await }).await;
     let progress = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (json_bytes(&p), rx)) });
     let outcome = stream::once(async move {
+        let _gone_on_drop = gone_on_drop;
         match task.await {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(Err(e)),

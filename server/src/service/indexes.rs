@@ -37,7 +37,7 @@ impl TableService {
     pub async fn create_index(&self, req: CreateIndex, on_start: impl FnOnce()) -> Result<(IndexInfo, u64, f64)> {
         validate_table_name(&req.table)?;
         let started = Instant::now();
-        let _guard = self.write_lock(&req.table).await;
+        let _guard = self.write_lock(&req.table).await?;
         let dataset = self.store().dataset(&req.table, None).await?;
         let schema = dataset_schema(&dataset);
         let column = match (&req.column, req.kind.is_vector()) {
@@ -94,7 +94,8 @@ impl TableService {
                     IndexSpec::IvfPq { partitions, sub_vectors, metric }
                 }
                 _ => {
-                    let (m, ef_construction) = (req.m.unwrap_or(20), req.ef_construction.unwrap_or(150));
+                    let m = req.m.unwrap_or(20);
+                    let ef_construction = req.ef_construction.unwrap_or(m.max(150));
                     // Checked here, before `started`: Lance refuses m < 4 only once the build
                     // runs, and allocates ef_construction-sized buffers (2^40 aborted the
                     // process).
@@ -114,20 +115,12 @@ impl TableService {
                 }
             }
         } else {
-            // Lance builds scalar indexes on flat columns of numbers, strings, booleans and
-            // times only; it says so once the build has begun.
-            let flat = !field.data_type().is_nested()
-                && !matches!(
-                    field.data_type(),
-                    arrow_schema::DataType::Binary
-                        | arrow_schema::DataType::LargeBinary
-                        | arrow_schema::DataType::BinaryView
-                        | arrow_schema::DataType::FixedSizeBinary(_)
-                );
-            if !flat {
+            // Lance builds scalar indexes on flat columns only (a blob column such as
+            // raw_data is a struct inside Lance); it says so only once the build has begun.
+            if field.data_type().is_nested() || crate::store::is_blob(field) {
                 return Err(Error::invalid(format!(
-                    "a btree or bitmap index needs a column of numbers, strings, booleans or times; '{column}' is {}",
-                    field.data_type()
+                    "a btree or bitmap index needs a flat column (numbers, strings, booleans, times, binary); '{column}' is {}",
+                    if crate::store::is_blob(field) { "a blob column".to_string() } else { field.data_type().to_string() }
                 )));
             }
             if req.kind == IndexKind::Btree {
@@ -186,7 +179,7 @@ impl TableService {
 
     pub async fn optimize(&self, table: &str) -> Result<OptimizeSummary> {
         validate_table_name(table)?;
-        let _guard = self.write_lock(table).await;
+        let _guard = self.write_lock(table).await?;
         let dataset = self.store().dataset(table, None).await?;
         let done = self.store().optimize(table, dataset).await?;
         tracing::info!(table, removed = done.fragments_removed, added = done.fragments_added, "optimized");

@@ -203,9 +203,14 @@ pub fn prepare(input: &Schema, batches: Vec<RecordBatch>, table: Option<&Schema>
             for f in input.fields() {
                 if t.field_with_name(f.name()).is_err() {
                     return Err(Error::invalid(format!(
-                        "schema mismatch: column '{}' is not in the table (its columns: {}); drop it from the put or use mode \"overwrite\"",
+                        "schema mismatch: column '{}' is not in the table (its columns: {}); {}",
                         f.name(),
-                        names(t)
+                        names(t),
+                        if super::table_embedding_model(t).is_some() {
+                            "drop it from the put (a table with an embedding model keeps its schema, overwrite included; drop_table and create_table it to change it)"
+                        } else {
+                            "drop it from the put or use mode \"overwrite\""
+                        }
                     )));
                 }
             }

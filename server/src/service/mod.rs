@@ -41,10 +41,18 @@ const WRITE_LOCKS_SWEEP_AT: usize = 1024;
 pub struct TableService {
     store: Store,
     write_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One read guard per write running detached from its request (see `write_pass`).
+    detached_writes: Arc<tokio::sync::RwLock<()>>,
     engines: engine::Engines,
     model_cache: models::ModelCache,
     model_device: burn::tensor::Device<crate::ml::ModelBackend>,
     started: Instant,
+}
+
+tokio::task_local! {
+    /// Set for a write the edge runs detached from its request: true once that request is
+    /// gone (the client cancelled or timed out).
+    pub static CALLER_GONE: Arc<std::sync::atomic::AtomicBool>;
 }
 
 /// Table names: `^[A-Za-z_][A-Za-z0-9_]{0,63}$`, so a name is always a safe directory name.
@@ -62,7 +70,8 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid {what} name '{name}': use 1-64 characters A-Z, a-z, 0-9 or _, not starting with a digit"
+            "invalid {what} name '{}': use 1-64 characters A-Z, a-z, 0-9 or _, not starting with a digit",
+            crate::error::quoted(name)
         )))
     }
 }
@@ -101,6 +110,7 @@ impl TableService {
         TableService {
             store,
             write_locks: Mutex::new(HashMap::new()),
+            detached_writes: Default::default(),
             engines: Default::default(),
             model_cache: Default::default(),
             model_device: Default::default(),
@@ -112,9 +122,22 @@ impl TableService {
         &self.store
     }
 
+    /// Held by a write that runs detached from its request (so it reaches its commit even if
+    /// the client goes away): `drain_writes` waits for every one of them.
+    pub async fn write_pass(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.detached_writes.clone().read_owned().await
+    }
+
+    /// Waits until the detached writes have finished (at shutdown, after the last request).
+    pub async fn drain_writes(&self) {
+        let _all = self.detached_writes.write().await;
+    }
+
     /// Serialises writers of one table; readers never wait. The holder's base version is the
-    /// one on disk (see `Store::refresh_latest`).
-    pub(crate) async fn write_lock(&self, table: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// one on disk (see `Store::refresh_latest`). A write whose caller has gone by the time the
+    /// lock is free (`CALLER_GONE`) stops here, before it changes anything: its client was told
+    /// it failed, and a retry must not find it applied later.
+    pub(crate) async fn write_lock(&self, table: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
         let lock = {
             let mut locks = self.write_locks.lock().expect("write-lock map poisoned");
             // A lock is made before the table is looked up, so calls naming tables that never
@@ -126,8 +149,12 @@ impl TableService {
             locks.entry(table.to_string()).or_default().clone()
         };
         let guard = lock.lock_owned().await;
+        if CALLER_GONE.try_with(|gone| gone.load(std::sync::atomic::Ordering::Acquire)).unwrap_or(false) {
+            tracing::info!(table, "write abandoned by its caller before it began; nothing written");
+            return Err(Error::internal(format!("the caller went away before this write to '{table}' began; nothing was written")));
+        }
         self.store.refresh_latest(table).await;
-        guard
+        Ok(guard)
     }
 
     async fn open(&self, table: &str, version: Option<u64>) -> Result<Dataset> {
@@ -160,7 +187,7 @@ impl TableService {
         if dim == 0 || dim > MAX_DIM {
             return Err(Error::invalid(format!("dim must be between 1 and {MAX_DIM}, got {dim}")));
         }
-        let _guard = self.write_lock(&req.name).await;
+        let _guard = self.write_lock(&req.name).await?;
         if self.store.exists(&req.name) {
             return Err(Error::already_exists(format!(
                 "table '{}' already exists (drop_table it first, or put rows into it)",
@@ -186,7 +213,7 @@ impl TableService {
     pub async fn drop_table(&self, name: &str) -> Result<DropSummary> {
         validate_table_name(name)?;
         refuse_models_table(name)?;
-        let _guard = self.write_lock(name).await;
+        let _guard = self.write_lock(name).await?;
         self.store.drop_table(name).await?;
         self.engines.forget(name);
         tracing::info!(table = %name, "table dropped");
@@ -253,7 +280,7 @@ impl TableService {
         if req.filter.trim().is_empty() {
             return Err(Error::invalid("delete needs a non-empty filter (use \"true\" to delete every row)"));
         }
-        let _guard = self.write_lock(&req.table).await;
+        let _guard = self.write_lock(&req.table).await?;
         let dataset = self.open(&req.table, None).await?;
         let (deleted, dataset) = self.store.delete(&req.table, dataset, &req.filter).await?;
         tracing::info!(table = %req.table, deleted, version = dataset.version().version, "rows deleted");
@@ -273,7 +300,7 @@ impl TableService {
 
     pub async fn restore(&self, req: Restore) -> Result<RestoreSummary> {
         validate_table_name(&req.table)?;
-        let _guard = self.write_lock(&req.table).await;
+        let _guard = self.write_lock(&req.table).await?;
         let dataset = self.store.restore(&req.table, req.version).await?;
         tracing::info!(table = %req.table, restored = req.version, version = dataset.version().version, "version restored");
         Ok(RestoreSummary { table: req.table, restored: req.version, version: dataset.version().version })

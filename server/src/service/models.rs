@@ -41,7 +41,10 @@ pub fn validate_model_name(name: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
-        Err(Error::invalid(format!("invalid model name '{name}': use 1-128 characters A-Z, a-z, 0-9, '.', '_' or '-'")))
+        Err(Error::invalid(format!(
+            "invalid model name '{}': use 1-128 characters A-Z, a-z, 0-9, '.', '_' or '-'",
+            crate::error::quoted(name)
+        )))
     }
 }
 
@@ -328,7 +331,7 @@ impl TableService {
         };
         let _ = progress.send(step("reading")).await;
 
-        let _guard = self.write_lock(TABLE).await;
+        let _guard = self.write_lock(TABLE).await?;
         if self.stored_model(&req.name).await?.is_some() {
             return Err(Error::already_exists(format!(
                 "model '{}' is already stored; drop_model it first to import it again",
@@ -462,7 +465,7 @@ impl TableService {
 
     pub async fn drop_model(&self, name: &str) -> Result<ModelSummary> {
         validate_model_name(name)?;
-        let _guard = self.write_lock(TABLE).await;
+        let _guard = self.write_lock(TABLE).await?;
         let model = self.stored_model(name).await?.ok_or_else(|| not_found(name))?;
         let dataset = self.store().dataset(TABLE, None).await?;
         self.store().delete(TABLE, dataset, &format!("{MODEL_NAME} = '{}'", quote(name))).await?;
@@ -541,7 +544,7 @@ impl TableService {
                 Error::invalid(format!("a put into '{TABLE}' needs columns {MODEL_NAME} (utf8), {LAYER_ID} (int32), {WEIGHTS} (binary safetensors)"))
             })?;
         }
-        let _guard = self.write_lock(TABLE).await;
+        let _guard = self.write_lock(TABLE).await?;
         let mut models: HashMap<String, StoredModel> = HashMap::new();
         let mut rows: HashMap<String, Vec<(i32, Vec<u8>, Value)>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
@@ -550,8 +553,10 @@ impl TableService {
             let names = arrow::compute::cast(batch.column(input.index_of(MODEL_NAME)?), &DataType::Utf8)
                 .map_err(|e| Error::invalid(format!("column {MODEL_NAME}: {e}")))?;
             let names = names.as_string::<i32>();
-            let ids = arrow::compute::cast(batch.column(input.index_of(LAYER_ID)?), &DataType::Int32)
-                .map_err(|e| Error::invalid(format!("column {LAYER_ID}: {e}")))?;
+            // A checked cast: the default one turns a value past int32 into a null.
+            let options = arrow::compute::CastOptions { safe: false, ..Default::default() };
+            let ids = arrow::compute::cast_with_options(batch.column(input.index_of(LAYER_ID)?), &DataType::Int32, &options)
+                .map_err(|e| Error::invalid(format!("column {LAYER_ID} must hold int32 layer ids: {e}")))?;
             let ids = ids.as_primitive::<arrow::datatypes::Int32Type>();
             let weights = arrow::compute::cast(batch.column(input.index_of(WEIGHTS)?), &DataType::LargeBinary)
                 .map_err(|e| Error::invalid(format!("column {WEIGHTS}: {e}")))?;

@@ -23,7 +23,7 @@ impl TableService {
         if table == MODELS_TABLE {
             return self.put_model_layers(mode, input, batches).await;
         }
-        let _guard = self.write_lock(table).await;
+        let _guard = self.write_lock(table).await?;
         let existing = if self.store().exists(table) { Some(self.store().dataset(table, None).await?) } else { None };
 
         let summary = match (mode, existing) {
@@ -69,9 +69,10 @@ impl TableService {
                 let metric = table_metric(&table_schema);
                 if input.metadata().contains_key(TABLE_METRIC) && requested_metric(input)? != metric {
                     return Err(Error::invalid(format!(
-                        "table '{table}' ranks by {}; an {} cannot change its metric (an overwrite can)",
+                        "table '{table}' ranks by {}; an {} cannot change its metric (an overwrite can). Rows scanned from another table carry its metric as schema metadata '{TABLE_METRIC}' = '{}': drop that key to put them here",
                         metric.as_str(),
-                        if mode == PutMode::Append { "append" } else { "upsert" }
+                        if mode == PutMode::Append { "append" } else { "upsert" },
+                        requested_metric(input)?.as_str(),
                     )));
                 }
                 let ingest = ingest::prepare(input, batches, Some(&table_schema))?;
@@ -107,6 +108,11 @@ impl TableService {
     /// vector (images on a text model, text without `raw_data`) stay null and are counted.
     /// Returns the rows and (embedded, not embedded).
     async fn embed_missing(&self, model: &str, mut ingest: Ingest) -> Result<(Ingest, u64, u64)> {
+        // The server maintains `embedding_model_version`: what a client sent there is dropped
+        // (a row with the client's own vector has none).
+        for batch in ingest.batches.iter_mut() {
+            *batch = without_model_versions(batch)?;
+        }
         let mut texts = Vec::new();
         let mut slots: Vec<(usize, usize)> = Vec::new();
         let mut not_embedded = 0u64;
@@ -159,6 +165,19 @@ impl TableService {
             *batch = with_embeddings(batch, dim, &filled, &encoder.version)?;
         }
         Ok((ingest, embedded, not_embedded))
+    }
+}
+
+/// `batch` with `embedding_model_version` all null (unchanged if it has none or is null already).
+fn without_model_versions(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    match schema.index_of(EMBEDDING_MODEL_VERSION) {
+        Ok(vi) if batch.column(vi).null_count() < batch.num_rows() => {
+            let mut columns = batch.columns().to_vec();
+            columns[vi] = arrow::array::new_null_array(schema.field(vi).data_type(), batch.num_rows());
+            RecordBatch::try_new(schema, columns).map_err(Error::from)
+        }
+        _ => Ok(batch.clone()),
     }
 }
 

@@ -200,7 +200,8 @@ impl Store {
     pub async fn refresh_latest(&self, table: &str) {
         let cached = self.latest.lock().expect("dataset cache poisoned").datasets.get(table).cloned();
         if let Some(dataset) = cached {
-            if !matches!(dataset.is_stale().await, Ok(false)) {
+            // One existence check of manifest N+1 (listing every version grows with the table).
+            if !matches!(dataset.has_successor_version().await, Ok(false)) {
                 tracing::warn!(table, version = dataset.version().version, "the remembered latest version was behind the disk; reloading");
                 self.forget(table);
             }
@@ -541,7 +542,8 @@ fn check_filter(filter: &str) -> Result<()> {
             (None, '\'' | '"' | '`') => quote = Some(c),
             (None, ';') => {
                 return Err(Error::invalid(format!(
-                    "invalid filter '{filter}': a filter is one SQL expression; remove the ';' and what follows it"
+                    "invalid filter '{}': a filter is one SQL expression; remove the ';' and what follows it",
+                    crate::error::quoted(filter)
                 )))
             }
             _ => {}
@@ -560,7 +562,7 @@ fn lance_query_error(e: lance::Error, filter: &str) -> Error {
     let storage_failure = storage_failure || (mapped.kind == ErrorKind::Internal && mapped.message.contains("I/O"));
     match mapped.kind {
         ErrorKind::InvalidArgument | ErrorKind::Internal if !storage_failure => {
-            Error::invalid(format!("invalid filter '{filter}': {}", mapped.message))
+            Error::invalid(format!("invalid filter '{}': {}", crate::error::quoted(filter), mapped.message))
         }
         _ => mapped,
     }
