@@ -19,7 +19,7 @@ use arrow_flight::{Action, ActionType, FlightClient, FlightDescriptor, FlightInf
 use futures::{Stream, TryStreamExt};
 use hyprstream_proto::actions::{names, CreateTable, Delete, Embed, ImportModel, ModelFormat, ModelRef, NoArgs, Restore, TableRef};
 use hyprstream_proto::{
-    DeleteSummary, DropSummary, EmbedResult, Health, ImportProgress, Metric, ModelDescription, ModelSummary, PutCommand,
+    DeleteSummary, DropSummary, EmbedResult, Health, ImportProgress, Metric, ReembedProgress, ModelDescription, ModelSummary, PutCommand,
     PutMode, PutSummary, Query, RestoreSummary, SearchHit, TableDescription, TableSummary, VersionInfo,
 };
 use serde::de::DeserializeOwned;
@@ -294,6 +294,17 @@ impl HyprstreamClient {
 
     /// Imports a Hugging Face model directory (a path on the server) into the `models` table;
     /// returns every progress message, the last being `done`.
+    /// Re-embeds the table's rows embedded under an older version of its model (the whole
+    /// progress stream, ending with `done`).
+    pub async fn reembed(&mut self, table: &str) -> Result<Vec<ReembedProgress>> {
+        let body = serde_json::json!({ "table": table }).to_string();
+        self.action_raw(names::REEMBED, body)
+            .await?
+            .iter()
+            .map(|r| serde_json::from_slice(r).map_err(|e| ClientError::Protocol(format!("reembed result: {e}"))))
+            .collect()
+    }
+
     pub async fn import_model(&mut self, name: &str, path: &str) -> Result<Vec<ImportProgress>> {
         let body = serde_json::to_vec(&ImportModel { name: name.into(), path: path.into(), format: ModelFormat::Auto })
             .expect("serialisable");

@@ -87,6 +87,11 @@ pub const ACTIONS: &[ActionSpec] = &[
         example: r#"{"model": "all-minilm-l6-v2", "texts": ["a study in scarlet"]}"#,
     },
     ActionSpec {
+        name: "reembed",
+        description: "Give rows the table's model embedded under older weights vectors from its current version (streams progress; a commit per chunk).",
+        example: r#"{"table": "sherlock"}"#,
+    },
+    ActionSpec {
         name: "health",
         description: "Server version, uptime and table count.",
         example: "{}",
@@ -111,6 +116,7 @@ pub mod names {
     pub const DESCRIBE_MODEL: &str = "describe_model";
     pub const DROP_MODEL: &str = "drop_model";
     pub const EMBED: &str = "embed";
+    pub const REEMBED: &str = "reembed";
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

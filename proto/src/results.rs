@@ -179,6 +179,25 @@ pub struct ModelDescription {
     pub table_version: u64,
 }
 
+/// One message of `reembed`'s result stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ReembedProgress {
+    /// `started` (with `total`), `progress` after each committed chunk, then `done`.
+    pub stage: String,
+    pub table: String,
+    pub model: String,
+    /// The model version rows are re-embedded with.
+    pub model_version: String,
+    /// Rows embedded under another version when the work started.
+    pub total: u64,
+    /// Rows re-embedded so far.
+    pub done: u64,
+    /// The table version after the last commit (none before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub seconds: f64,
+}
+
 /// One message of `import_model`'s result stream.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ImportProgress {

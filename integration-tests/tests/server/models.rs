@@ -79,6 +79,19 @@ fn safetensors_header(bytes: &[u8]) -> (usize, serde_json::Value) {
     (8 + n, serde_json::from_slice(&bytes[8..8 + n]).unwrap())
 }
 
+/// A copy of a layer's safetensors buffer with `f` applied to every value of one f32 tensor.
+fn with_tensor(layer: &[u8], tensor: &str, f: impl Fn(f32) -> f32) -> Vec<u8> {
+    let (start, header) = safetensors_header(layer);
+    let offsets = header[tensor]["data_offsets"].as_array().unwrap();
+    let (a, b) = (start + offsets[0].as_u64().unwrap() as usize, start + offsets[1].as_u64().unwrap() as usize);
+    let mut changed = layer.to_vec();
+    for chunk in changed[a..b].chunks_exact_mut(4) {
+        let v = f(f32::from_le_bytes(chunk.try_into().unwrap()));
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    changed
+}
+
 fn layer_put(model: &str, layer: i32, weights: Vec<u8>) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("model_name", DataType::Utf8, false),
@@ -354,14 +367,7 @@ async fn layer_writes_are_checked_and_a_new_version_is_served_without_restart() 
 
     // A valid new layer 1 (the output LayerNorm's bias shifted): accepted, and served by the
     // next call without a restart, under a new model version.
-    let (start, header) = safetensors_header(&layer1);
-    let offsets = header["encoder.layer.0.output.LayerNorm.bias"]["data_offsets"].as_array().unwrap();
-    let (a, b) = (start + offsets[0].as_u64().unwrap() as usize, start + offsets[1].as_u64().unwrap() as usize);
-    let mut changed = layer1.clone();
-    for chunk in changed[a..b].chunks_exact_mut(4) {
-        let v = f32::from_le_bytes(chunk.try_into().unwrap()) + 0.5;
-        chunk.copy_from_slice(&v.to_le_bytes());
-    }
+    let changed = with_tensor(&layer1, "encoder.layer.0.output.LayerNorm.bias", |v| v + 0.5);
     let summary = client.put("models", vec![layer_put(MODEL, 1, changed)]).await.unwrap();
     assert_eq!((summary.inserted, summary.updated), (0, 1));
     let after = client.embed(MODEL, &["The game is afoot."]).await.unwrap();
@@ -378,13 +384,7 @@ async fn layer_writes_are_checked_and_a_new_version_is_served_without_restart() 
     let note = |id: &str| Row { id: id.into(), embedding: None, data_type: "text", raw: b"The game is afoot.".to_vec(), metadata: None };
     client.put("notes", vec![batch(&[note("n-1")], 384)]).await.unwrap();
     let notes_version = client.describe_table("notes").await.unwrap().version;
-    let offsets = header["encoder.layer.0.output.dense.weight"]["data_offsets"].as_array().unwrap();
-    let (a, b) = (start + offsets[0].as_u64().unwrap() as usize, start + offsets[1].as_u64().unwrap() as usize);
-    let mut huge = layer1.clone();
-    for chunk in huge[a..b].chunks_exact_mut(4) {
-        let v = f32::from_le_bytes(chunk.try_into().unwrap()).signum() * 3.0e38;
-        chunk.copy_from_slice(&v.to_le_bytes());
-    }
+    let huge = with_tensor(&layer1, "encoder.layer.0.output.dense.weight", |v| v.signum() * 3.0e38);
     client.put("models", vec![layer_put(MODEL, 1, huge)]).await.unwrap();
     assert_status(client.embed(MODEL, &["The game is afoot."]).await, Code::FailedPrecondition, "non-finite embedding");
     assert_status(client.put("notes", vec![batch(&[note("n-2")], 384)]).await, Code::FailedPrecondition, "nothing was written");
@@ -394,4 +394,77 @@ async fn layer_writes_are_checked_and_a_new_version_is_served_without_restart() 
     assert_eq!(client.embed(MODEL, &["The game is afoot."]).await.unwrap(), before);
     client.put("notes", vec![batch(&[note("n-2")], 384)]).await.unwrap();
     assert_eq!(string_column(&client.search_text("notes", "The game is afoot.", 1).await.unwrap(), "id").len(), 1);
+}
+
+/// Rows embedded by a model whose weights then change get vectors from its new version with
+/// `reembed`: exactly what `embed` gives for their text, stamped with the new version. Rows
+/// with the client's own vector, and rows without text, are left as they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_reembed_when_their_model_changes() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    import(&mut client).await;
+    client.create_table_with_model("notes", MODEL, Default::default()).await.unwrap();
+    let texts = ["The game is afoot.", "You see, but you do not observe.", "Elementary."];
+    let mut rows: Vec<Row> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Row { id: format!("n-{i}"), embedding: None, data_type: "text", raw: t.as_bytes().to_vec(), metadata: None })
+        .collect();
+    rows.push(Row { id: "own".into(), embedding: Some(vec![0.05; 384]), data_type: "text", raw: b"mine".to_vec(), metadata: None });
+    rows.push(Row { id: "img".into(), embedding: None, data_type: "image", raw: vec![0x89, b'P'], metadata: None });
+    client.put("notes", vec![batch(&rows, 384)]).await.unwrap();
+    let old_version = client.list_models().await.unwrap()[0].version.clone();
+
+    // Nothing is stale yet: no commit.
+    let table_version = client.describe_table("notes").await.unwrap().version;
+    let report = client.reembed("notes").await.unwrap();
+    let last = report.last().unwrap();
+    assert_eq!((last.stage.as_str(), last.total, last.done, last.version), ("done", 0, 0, None));
+    assert_eq!(client.describe_table("notes").await.unwrap().version, table_version);
+
+    // New weights for layer 1: a new model version; the stored rows keep the old vectors.
+    let (layer1, _) = stored_layer(&mut client, 1).await;
+    client.put("models", vec![layer_put(MODEL, 1, with_tensor(&layer1, "encoder.layer.0.output.LayerNorm.bias", |v| v + 0.5))]).await.unwrap();
+    let new_version = client.list_models().await.unwrap()[0].version.clone();
+    assert_ne!(new_version, old_version);
+    let report = client.reembed("notes").await.unwrap();
+    let stages: Vec<&str> = report.iter().map(|p| p.stage.as_str()).collect();
+    assert_eq!(stages, ["started", "progress", "done"]);
+    assert_eq!((report[0].total, report[2].done, report[2].model_version.as_str()), (3, 3, new_version.as_str()));
+
+    let scanned = client.scan("notes").await.unwrap();
+    let ids = string_column(&scanned, "id");
+    let versions = string_column(&scanned, "embedding_model_version");
+    let fresh = client.embed(MODEL, &texts).await.unwrap();
+    for batch in &scanned.batches {
+        use arrow::array::Array;
+        let vectors = batch.column_by_name("embedding").unwrap().as_fixed_size_list().clone();
+        let batch_ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let id = batch_ids.value(row);
+            match id.strip_prefix("n-") {
+                Some(i) => {
+                    let stored = vectors.value(row);
+                    let stored = stored.as_primitive::<arrow::datatypes::Float32Type>().values();
+                    let want = &fresh.embeddings[i.parse::<usize>().unwrap()];
+                    for (s, w) in stored.iter().zip(want) {
+                        assert!((s - w).abs() <= 1e-6, "{id}: {s} vs {w}");
+                    }
+                }
+                None if id == "own" => assert_eq!(vectors.value(row).as_primitive::<arrow::datatypes::Float32Type>().values()[0], 0.05),
+                None => assert!(vectors.is_null(row), "{id}"),
+            }
+        }
+    }
+    for (id, v) in ids.iter().zip(&versions) {
+        let want = if id.starts_with("n-") { new_version.as_str() } else { "" };
+        assert_eq!(v.as_str(), want, "{id}");
+    }
+    // Run again: nothing left.
+    assert_eq!(client.reembed("notes").await.unwrap().last().unwrap().total, 0);
+    // Bad requests.
+    client.put("plain", vec![batch(&random_rows("p", 3, 8), 8)]).await.unwrap();
+    assert_status(client.reembed("plain").await, Code::InvalidArgument, "no embedding model");
+    assert_status(client.reembed("nope").await, Code::NotFound, "nope");
 }

@@ -21,6 +21,9 @@ pub async fn run(tables: &Arc<TableService>, name: &str, body: &[u8]) -> Result<
     if name == names::CREATE_INDEX {
         return create_index(tables.clone(), parse_json::<CreateIndex>(&what, body)?).await;
     }
+    if name == names::REEMBED {
+        return Ok(reembed(tables.clone(), parse_json::<TableRef>(&what, body)?.name).await);
+    }
     if name == names::IMPORT_MODEL {
         return Ok(import_model(tables.clone(), parse_json::<ImportModel>(&what, body)?).await);
     }
@@ -136,6 +139,20 @@ async fn create_index(tables: Arc<TableService>, req: CreateIndex) -> Result<Box
         task.await.unwrap_or_else(|e| Err(Error::internal(format!("index build task failed: {e}"))))
     });
     Ok(progress.chain(outcome).boxed())
+}
+
+/// `reembed` streams `started` (with the number of rows to re-embed), `progress` after each
+/// committed chunk, then `done`; a failure ends the stream with its status (chunks committed
+/// before it stay). A client that goes away stops it before its next chunk.
+async fn reembed(tables: Arc<TableService>, table: String) -> BoxStream<'static, Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (task, gone_on_drop) = detached(&tables, move |tables| async move { tables.reembed(&table, tx).await }).await;
+    let progress = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (json_bytes(&p), rx)) });
+    let outcome = stream::once(async move {
+        let _gone_on_drop = gone_on_drop;
+        task.await.unwrap_or_else(|e| Err(Error::internal(format!("re-embedding task failed: {e}")))).and_then(|done| json_bytes(&done))
+    });
+    progress.chain(outcome).boxed()
 }
 
 /// `import_model` streams `reading`, one `layer` per layer, then `done`; a failure ends the

@@ -212,7 +212,8 @@ impl FlightService for HyprstreamFlight {
         Ok(Response::new(stream::iter([Ok(result)]).boxed()))
     }
 
-    async fn do_exchange(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+    async fn do_exchange(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.authorize(&request)?;
         Err(Status::unimplemented(
             "DoExchange is not offered: use DoPut to write rows, DoGet to scan or search, DoAction for the rest",
         ))

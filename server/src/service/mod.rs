@@ -29,6 +29,7 @@ pub mod ingest;
 pub mod models;
 mod put;
 mod query;
+mod reembed;
 
 pub use query::QueryOutput;
 

@@ -24,6 +24,11 @@ impl TableService {
             return self.put_model_layers(mode, input, batches).await;
         }
         let _guard = self.write_lock(table).await?;
+        self.put_locked(table, mode, input, batches).await
+    }
+
+    /// A put by a caller that holds `table`'s write lock (and has checked its name).
+    pub(crate) async fn put_locked(&self, table: &str, mode: PutMode, input: &Schema, batches: Vec<RecordBatch>) -> Result<PutSummary> {
         let existing = if self.store().exists(table) { Some(self.store().dataset(table, None).await?) } else { None };
 
         let summary = match (mode, existing) {
