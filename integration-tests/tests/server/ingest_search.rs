@@ -222,6 +222,17 @@ async fn base64_vectors_answer_exactly_like_arrays() {
     assert_eq!(hits.iter().map(|h| h["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), string_column(&array, "id"));
 }
 
+/// Rows whose vectors are `leads` in their first two components and zero after.
+fn rows_leading_with(prefix: &str, leads: &[[f32; 2]]) -> Vec<Row> {
+    let mut rows = random_rows(prefix, leads.len(), DIM);
+    for (row, lead) in rows.iter_mut().zip(leads) {
+        let mut e = vec![0.0f32; DIM];
+        e[..2].copy_from_slice(lead);
+        row.embedding = Some(e);
+    }
+    rows
+}
+
 /// Dot products past float32's range (values near 1e19) still rank, pinned to ±3.4e38, and the
 /// in-memory engine (latest version) and the scan of a pinned version agree: no row is dropped
 /// and no distance is ±∞.
@@ -229,13 +240,7 @@ async fn base64_vectors_answer_exactly_like_arrays() {
 async fn overflowing_distances_rank_alike_on_the_engine_and_a_pinned_version() {
     let server = Server::start();
     let mut client = server.client().await;
-    let mut rows = random_rows("h", 4, DIM);
-    let lead = [[4e19f32, 0.0], [5e19, 0.0], [1.0, 1.0], [-3e38, 3e38]];
-    for (row, lead) in rows.iter_mut().zip(lead) {
-        let mut e = vec![0.0f32; DIM];
-        e[..2].copy_from_slice(&lead);
-        row.embedding = Some(e);
-    }
+    let rows = rows_leading_with("h", &[[4e19f32, 0.0], [5e19, 0.0], [1.0, 1.0], [-3e38, 3e38]]);
     client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
     let pinned = client.describe_table("t").await.unwrap().version;
     let mut extra = random_rows("x", 1, DIM);
@@ -264,13 +269,7 @@ async fn overflowing_distances_rank_alike_on_the_engine_and_a_pinned_version() {
 async fn cosine_of_rows_past_float32_squares_ranks_alike_on_the_engine_and_a_pinned_version() {
     let server = Server::start();
     let mut client = server.client().await;
-    let mut rows = random_rows("c", 4, DIM);
-    let lead = [[3e38f32, 3e38], [1.0, 0.0], [-3e38, -3e38], [0.0, 0.0]];
-    for (row, lead) in rows.iter_mut().zip(lead) {
-        let mut e = vec![0.0f32; DIM];
-        e[..2].copy_from_slice(&lead);
-        row.embedding = Some(e);
-    }
+    let rows = rows_leading_with("c", &[[3e38f32, 3e38], [1.0, 0.0], [-3e38, -3e38], [0.0, 0.0]]);
     client.put("t", vec![batch(&rows, DIM)]).await.unwrap();
     let pinned = client.describe_table("t").await.unwrap().version;
     client.put("t", vec![batch(&random_rows("x", 1, DIM), DIM)]).await.unwrap();

@@ -145,28 +145,40 @@ async fn create_index(tables: Arc<TableService>, req: CreateIndex) -> Result<Box
 /// committed chunk, then `done`; a failure ends the stream with its status (chunks committed
 /// before it stay). A client that goes away stops it before its next chunk.
 async fn reembed(tables: Arc<TableService>, table: String) -> BoxStream<'static, Result<Bytes>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let (task, gone_on_drop) = detached(&tables, move |tables| async move { tables.reembed(&table, tx).await }).await;
-    let progress = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (json_bytes(&p), rx)) });
-    let outcome = stream::once(async move {
-        let _gone_on_drop = gone_on_drop;
-        task.await.unwrap_or_else(|e| Err(Error::internal(format!("re-embedding task failed: {e}")))).and_then(|done| json_bytes(&done))
-    });
-    progress.chain(outcome).boxed()
+    let work = move |t: Arc<TableService>, tx| async move { t.reembed(&table, tx).await };
+    progress_stream(&tables, "re-embedding", work, |done| Some(json_bytes(&done))).await
 }
 
 /// `import_model` streams `reading`, one `layer` per layer, then `done`; a failure ends the
-/// stream with its status. The import runs to its commit even if the client goes away.
+/// stream with its status. Once begun, the import runs to its commit even if the client goes
+/// away.
 async fn import_model(tables: Arc<TableService>, req: ImportModel) -> BoxStream<'static, Result<Bytes>> {
+    let work = move |t: Arc<TableService>, tx| async move { t.import_model(req, tx).await };
+    progress_stream(&tables, "import", work, |_| None).await
+}
+
+/// A detached write (see `to_completion`) that reports progress on a channel: the stream is
+/// its messages, then what `last` makes of its result; a failure ends it with its status.
+async fn progress_stream<P, T, F>(
+    tables: &Arc<TableService>,
+    what: &'static str,
+    work: impl FnOnce(Arc<TableService>, tokio::sync::mpsc::Sender<P>) -> F,
+    last: fn(T) -> Option<Result<Bytes>>,
+) -> BoxStream<'static, Result<Bytes>>
+where
+    P: serde::Serialize + Send + 'static,
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let (task, gone_on_drop) = detached(&tables, move |tables| async move { tables.import_model(req, tx).await }).await;
+    let (task, gone_on_drop) = detached(tables, move |t| work(t, tx)).await;
     let progress = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (json_bytes(&p), rx)) });
     let outcome = stream::once(async move {
         let _gone_on_drop = gone_on_drop;
         match task.await {
-            Ok(Ok(_)) => None,
+            Ok(Ok(done)) => last(done),
             Ok(Err(e)) => Some(Err(e)),
-            Err(e) => Some(Err(Error::internal(format!("import task failed: {e}")))),
+            Err(e) => Some(Err(Error::internal(format!("{what} task failed: {e}")))),
         }
     })
     .filter_map(|item| async move { item });
