@@ -292,8 +292,6 @@ impl HyprstreamClient {
         self.query(&Query::search_text(table, text, k)).await
     }
 
-    /// Imports a Hugging Face model directory (a path on the server) into the `models` table;
-    /// returns every progress message, the last being `done`.
     /// Re-embeds the table's rows embedded under an older version of its model (the whole
     /// progress stream, ending with `done`).
     pub async fn reembed(&mut self, table: &str) -> Result<Vec<ReembedProgress>> {
@@ -305,6 +303,8 @@ impl HyprstreamClient {
             .collect()
     }
 
+    /// Imports a Hugging Face model directory (a path on the server) into the `models` table;
+    /// returns every progress message, the last being `done`.
     pub async fn import_model(&mut self, name: &str, path: &str) -> Result<Vec<ImportProgress>> {
         let body = serde_json::to_vec(&ImportModel { name: name.into(), path: path.into(), format: ModelFormat::Auto })
             .expect("serialisable");

@@ -11,6 +11,8 @@ pub enum ErrorKind {
     /// The request is well formed but what it relies on is not usable (a stored model whose
     /// output is not finite); retrying will not help until that is fixed.
     FailedPrecondition,
+    /// The server is stopping; the request may be sent again once it is back.
+    Unavailable,
     /// Credentials are missing or wrong.
     Unauthenticated,
     /// Not offered by this server.
@@ -39,6 +41,9 @@ impl Error {
     }
     pub fn failed_precondition(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::FailedPrecondition, message: message.into() }
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Unavailable, message: message.into() }
     }
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::Unauthenticated, message: message.into() }

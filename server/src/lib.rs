@@ -115,7 +115,14 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         // No Nagle: a DoGet answer is several small writes (schema, batches, trailers), and
         // Nagle + delayed ACK would hold each reply back ~40 ms.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
+            // Long multi-commit work (reembed) ends at its next commit once asked to stop.
+            let tables = tables.clone();
+            async move {
+                shutdown.await;
+                tables.begin_shutdown();
+            }
+        })
         .await
         .map_err(|e| anyhow_lite::msg(format!("server error: {e}")))?;
     // Writes whose clients went away still run to their commit (an index build may take a

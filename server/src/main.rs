@@ -79,5 +79,20 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutdown signal received; finishing in-flight calls");
+    tracing::info!("shutdown signal received; finishing in-flight calls (a second signal stops at once)");
+    // A second signal does not wait for in-flight work (an index build may take minutes):
+    // what had not committed is not committed (Lance commits are atomic).
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::warn!("second signal: stopping now");
+        std::process::exit(130);
+    });
+    #[cfg(unix)]
+    tokio::spawn(async {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            term.recv().await;
+            tracing::warn!("second signal: stopping now");
+            std::process::exit(143);
+        }
+    });
 }

@@ -468,3 +468,33 @@ async fn rows_reembed_when_their_model_changes() {
     assert_status(client.reembed("plain").await, Code::InvalidArgument, "no embedding model");
     assert_status(client.reembed("nope").await, Code::NotFound, "nope");
 }
+
+/// A put into a table with a model whose client gives up while its texts are being embedded
+/// is not committed afterwards (the client was told it failed): a retried append then
+/// succeeds instead of finding its ids stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_given_up_while_embedding_is_not_committed_later() {
+    let server = Server::start();
+    let mut client = server.client().await;
+    import(&mut client).await;
+    client.create_table_with_model("notes", MODEL, Default::default()).await.unwrap();
+    let rows: Vec<Row> = (0..400)
+        .map(|i| Row {
+            id: format!("n-{i}"),
+            embedding: None,
+            data_type: "text",
+            raw: format!("Note {i}: the game is afoot, and the hound was seen on the moor again.").into_bytes(),
+            metadata: None,
+        })
+        .collect();
+    let append = hyprstream_client::proto::PutMode::Append;
+    let given_up =
+        tokio::time::timeout(std::time::Duration::from_millis(300), client.put_with_mode("notes", append, vec![batch(&rows, 384)])).await;
+    assert!(given_up.is_err(), "embedding 400 texts outlasts the deadline");
+    // A write behind it on the same table runs once the abandoned put has finished.
+    let mut other = server.client().await;
+    other.put("notes", vec![batch(&[Row { id: "after".into(), embedding: None, data_type: "image", raw: vec![1], metadata: None }], 384)]).await.unwrap();
+    assert_eq!(other.describe_table("notes").await.unwrap().rows, 1, "the given-up put wrote nothing");
+    let retried = client.put_with_mode("notes", append, vec![batch(&rows, 384)]).await.unwrap();
+    assert_eq!((retried.inserted, retried.embedded), (400, 400));
+}

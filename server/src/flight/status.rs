@@ -15,6 +15,7 @@ pub fn to_status(e: Error) -> Status {
         ErrorKind::NotFound => Status::not_found(message),
         ErrorKind::AlreadyExists => Status::already_exists(message),
         ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+        ErrorKind::Unavailable => Status::unavailable(message),
         ErrorKind::Unauthenticated => Status::unauthenticated(message),
         ErrorKind::Unimplemented => Status::unimplemented(message),
         ErrorKind::Internal => Status::internal(message),

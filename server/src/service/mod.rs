@@ -44,10 +44,22 @@ pub struct TableService {
     write_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// One read guard per write running detached from its request (see `write_pass`).
     detached_writes: Arc<tokio::sync::RwLock<()>>,
+    shutting_down: std::sync::atomic::AtomicBool,
     engines: engine::Engines,
     model_cache: models::ModelCache,
     model_device: burn::tensor::Device<crate::ml::ModelBackend>,
     started: Instant,
+}
+
+/// Fails if this write's caller has gone (see `CALLER_GONE`): called when a write takes its
+/// table's lock and again just before it commits (embedding a put's texts can outlast the
+/// client's deadline), so a write whose client was told it failed is never applied later.
+pub(crate) fn ensure_caller(table: &str) -> Result<()> {
+    if CALLER_GONE.try_with(|gone| gone.load(std::sync::atomic::Ordering::Acquire)).unwrap_or(false) {
+        tracing::info!(table, "write abandoned by its caller before its commit; nothing written");
+        return Err(Error::internal(format!("the caller went away before this write to '{table}' committed; nothing was written")));
+    }
+    Ok(())
 }
 
 tokio::task_local! {
@@ -112,6 +124,7 @@ impl TableService {
             store,
             write_locks: Mutex::new(HashMap::new()),
             detached_writes: Default::default(),
+            shutting_down: Default::default(),
             engines: Default::default(),
             model_cache: Default::default(),
             model_device: Default::default(),
@@ -150,12 +163,18 @@ impl TableService {
             locks.entry(table.to_string()).or_default().clone()
         };
         let guard = lock.lock_owned().await;
-        if CALLER_GONE.try_with(|gone| gone.load(std::sync::atomic::Ordering::Acquire)).unwrap_or(false) {
-            tracing::info!(table, "write abandoned by its caller before it began; nothing written");
-            return Err(Error::internal(format!("the caller went away before this write to '{table}' began; nothing was written")));
-        }
+        ensure_caller(table)?;
         self.store.refresh_latest(table).await;
         Ok(guard)
+    }
+
+    /// Whether the server has been asked to stop (long multi-commit work ends between commits).
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::Release);
     }
 
     async fn open(&self, table: &str, version: Option<u64>) -> Result<Dataset> {

@@ -46,6 +46,7 @@ impl TableService {
                 let (ingest, embedded, not_embedded) =
                     self.embed_missing(&model, ingest::prepare(input, batches, Some(&table_schema))?).await?;
                 let rows = ingest.rows as u64;
+                super::ensure_caller(table)?;
                 let dataset = self.store().write(table, WriteMode::Overwrite, ingest.schema, ingest.batches).await?;
                 PutSummary { embedded, not_embedded, ..written(table, rows, 0, &dataset) }
             }
@@ -58,6 +59,7 @@ impl TableService {
                 let ingest = with_metric(ingest::prepare(input, batches, None)?, metric);
                 let rows = ingest.rows as u64;
                 let write_mode = if existing.is_some() { WriteMode::Overwrite } else { WriteMode::Create };
+                super::ensure_caller(table)?;
                 let dataset = self.store().write(table, write_mode, ingest.schema, ingest.batches).await?;
                 written(table, rows, 0, &dataset)
             }
@@ -65,6 +67,7 @@ impl TableService {
                 let metric = requested_metric(input)?;
                 let ingest = with_metric(ingest::prepare(input, batches, None)?, metric);
                 let rows = ingest.rows as u64;
+                super::ensure_caller(table)?;
                 let dataset = self.store().write(table, WriteMode::Create, ingest.schema, ingest.batches).await?;
                 tracing::info!(table, rows, "table created by put");
                 written(table, rows, 0, &dataset)
@@ -89,6 +92,7 @@ impl TableService {
                     None => (ingest, 0, 0),
                 };
                 let on_match = if mode == PutMode::Append { OnMatch::Fail } else { OnMatch::Replace };
+                super::ensure_caller(table)?;
                 let (dataset, counts) =
                     self.store().merge(table, dataset, &[ID], on_match, ingest.schema, ingest.batches).await?;
                 PutSummary { embedded, not_embedded, ..written(table, counts.inserted, counts.updated, &dataset) }

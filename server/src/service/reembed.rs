@@ -41,17 +41,37 @@ impl TableService {
             seconds: 0.0,
         };
         loop {
+            if self.shutting_down() {
+                return Err(Error::unavailable(format!(
+                    "the server is stopping: {} of {} rows of '{table}' re-embedded and committed; run reembed again to finish",
+                    report.done, report.total
+                )));
+            }
             let encoder = self.encoder(&model).await?;
             let _guard = self.write_lock(table).await?;
             let dataset = self.store().dataset(table, None).await?;
+            // Dropped and made again with another model meanwhile: the put below would embed
+            // with that one, and its rows would never stop looking stale.
+            if table_embedding_model(&dataset_schema(&dataset)).as_deref() != Some(model.as_str()) {
+                return Err(Error::failed_precondition(format!(
+                    "table '{table}' no longer embeds with model '{model}' (it was dropped or made again during reembed); {} rows were re-embedded",
+                    report.done
+                )));
+            }
             let stale = format!(
                 "{EMBEDDING_MODEL_VERSION} IS NOT NULL AND {EMBEDDING_MODEL_VERSION} <> '{}' AND {DATA_TYPE} = 'text'",
                 encoder.version
             );
-            if report.stage == "started" {
+            // At the start, and whenever the model's weights changed meanwhile (rows done
+            // under the previous version are stale again): what is left to do.
+            if report.model_version != encoder.version {
                 report.model_version = encoder.version.clone();
-                report.total = self.store().count_rows(&dataset, Some(stale.clone())).await?;
-                let _ = progress.send(report.clone()).await;
+                report.total = report.done + self.store().count_rows(&dataset, Some(stale.clone())).await?;
+                if report.stage == "started" {
+                    // Progress is cumulative: a message a slow reader misses is replaced by
+                    // the next one, and the table's lock is never held waiting for the reader.
+                    let _ = progress.try_send(report.clone());
+                }
             }
             let spec = ScanSpec { filter: Some(stale), columns: None, limit: Some(CHUNK), with_row_id: false };
             let (schema, batches) = self.store().scan(&dataset, &spec).await?;
@@ -74,7 +94,7 @@ impl TableService {
             report.stage = "progress".into();
             report.seconds = started.elapsed().as_secs_f64();
             tracing::info!(table, model = %model, done = report.done, total = report.total, version = summary.version, "re-embedding");
-            let _ = progress.send(report.clone()).await;
+            let _ = progress.try_send(report.clone());
         }
         report.stage = "done".into();
         report.seconds = started.elapsed().as_secs_f64();
