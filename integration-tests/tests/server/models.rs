@@ -92,6 +92,19 @@ fn with_tensor(layer: &[u8], tensor: &str, f: impl Fn(f32) -> f32) -> Vec<u8> {
     changed
 }
 
+/// A copy of a layer's safetensors buffer with one more f32 tensor `name` (shape [1]).
+fn with_extra_tensor(layer: &[u8], name: &str) -> Vec<u8> {
+    let (start, mut header) = safetensors_header(layer);
+    let data = &layer[start..];
+    header[name] = serde_json::json!({"dtype": "F32", "shape": [1], "data_offsets": [data.len(), data.len() + 4]});
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&1.0f32.to_le_bytes());
+    out
+}
+
 fn layer_put(model: &str, layer: i32, weights: Vec<u8>) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("model_name", DataType::Utf8, false),
@@ -355,6 +368,9 @@ async fn layer_writes_are_checked_and_a_new_version_is_served_without_restart() 
     let (layer1, _) = stored_layer(&mut client, 1).await;
     assert_status(client.put("models", vec![layer_put(MODEL, 42, layer1.clone())]).await, Code::InvalidArgument, "no layer 42");
     assert_status(client.put("models", vec![layer_put("ghost", 1, layer1.clone())]).await, Code::NotFound, "ghost");
+    // A tensor the layer never had (here another layer's name) would be stored but never used.
+    let extra = with_extra_tensor(&layer1, "encoder.layer.5.output.dense.bias");
+    assert_status(client.put("models", vec![layer_put(MODEL, 1, extra)]).await, Code::InvalidArgument, "has no tensor 'encoder.layer.5.output.dense.bias'");
     assert_status(
         client.put_with_mode("models", hyprstream_client::proto::PutMode::Overwrite, vec![layer_put(MODEL, 1, layer1.clone())]).await,
         Code::InvalidArgument,

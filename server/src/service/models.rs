@@ -587,6 +587,15 @@ impl TableService {
                     check_bert_layer(&model.bert_config()?, id, &tensors)
                         .map_err(|e| Error::invalid(format!("row {at}: model '{name}': {e}")))?;
                 }
+                // A layer keeps the tensors it was imported with: one it never had (another
+                // layer's, a typo) would be stored and listed but never used.
+                if let Some(extra) = tensors.iter().find(|t| !stored.tensors.iter().any(|s| s.name == t.name)) {
+                    return Err(Error::invalid(format!(
+                        "row {at}: model '{name}' layer {id} has no tensor '{}' (its tensors: {})",
+                        extra.name,
+                        stored.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
                 let info = layer_info(id, &stored.name, &tensors);
                 let mut metadata = stored.metadata.clone();
                 metadata["tensors"] = json!(info.tensors);
