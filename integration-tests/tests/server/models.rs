@@ -483,6 +483,11 @@ async fn rows_reembed_when_their_model_changes() {
     client.put("plain", vec![batch(&random_rows("p", 3, 8), 8)]).await.unwrap();
     assert_status(client.reembed("plain").await, Code::InvalidArgument, "no embedding model");
     assert_status(client.reembed("nope").await, Code::NotFound, "nope");
+    // Planning a text query (GetFlightInfo) checks that its model is stored.
+    let text_query = arrow_flight::FlightDescriptor::new_cmd(Query::search_text("notes", "a hound", 3).to_json());
+    client.flight_info(text_query.clone()).await.unwrap();
+    client.drop_model(MODEL).await.unwrap();
+    assert_status(client.flight_info(text_query).await, Code::NotFound, "import_model");
 }
 
 /// A put into a table with a model whose client gives up while its texts are being embedded

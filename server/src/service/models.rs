@@ -376,6 +376,17 @@ impl TableService {
     }
 
     /// Reads one model's rows (weights included).
+    /// `NOT_FOUND` unless model `name` is stored (reads no weights: for planning a text query).
+    pub async fn ensure_model_stored(&self, name: &str) -> Result<()> {
+        if self.store().exists(TABLE) {
+            let dataset = self.store().dataset(TABLE, None).await?;
+            if self.store().count_rows(&dataset, Some(format!("{MODEL_NAME} = '{}'", quote(name)))).await? > 0 {
+                return Ok(());
+            }
+        }
+        Err(not_found(name))
+    }
+
     pub async fn stored_model(&self, name: &str) -> Result<Option<StoredModel>> {
         if !self.store().exists(TABLE) {
             return Ok(None);

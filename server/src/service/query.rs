@@ -338,6 +338,8 @@ impl TableService {
             ))
         })?;
         if !embed {
+            // Planned, not run: the model must exist (a dropped one fails here, as DoGet would).
+            self.ensure_model_stored(&model).await?;
             return Ok(Some(vec![vec![0.0; super::table_dim(table_schema).unwrap_or(0)]; texts.len()]));
         }
         let (_, vectors) = self.embed(&model, texts).await?;
