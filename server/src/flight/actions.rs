@@ -122,8 +122,8 @@ where
 }
 
 /// `create_index` streams `started` once the request is checked (a refused one ends the call
-/// with its status and nothing before it), then `done`. The build runs to its commit even if
-/// the client goes away: it is several commits when it replaces an index.
+/// with its status and nothing before it), then `done`. Once `started`, the build runs to its
+/// commit even if the client goes away (it is several commits when it replaces an index).
 async fn create_index(tables: Arc<TableService>, req: CreateIndex) -> Result<BoxStream<'static, Result<Bytes>>> {
     let started = json_bytes(&IndexProgress { stage: "started".into(), table: req.table.clone(), index: None, version: None, seconds: 0.0 })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
