@@ -44,10 +44,12 @@ bench: build models
 	$(PYTHON) bench/bench.py
 	HYPRSTREAM_MODELS_DIR=$(abspath $(MODELS_DIR)) $(PYTHON) bench/embed.py
 
-# Approximate search: recall@10 vs latency beside hnswlib and LanceDB (synthetic low-rank and GloVe).
+# Approximate search: recall@10 vs latency beside hnswlib and LanceDB (synthetic low-rank and
+# GloVe): the HNSW indexes, then IVF_PQ.
 bench-ann: build
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	$(PYTHON) bench/ann.py
+	$(PYTHON) bench/ann_pq.py
 
 # Text embedding: the in-server encoder (all-MiniLM-L6-v2, `embed` action) beside ONNX Runtime
 # at batch 1/32 and 1/2 threads, and text-query latency on a 100k-row table.

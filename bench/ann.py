@@ -83,13 +83,13 @@ def recall(found, exact):
     return float(np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact)]))
 
 
-def curve(search, queries, exact, min_ef=0):
+def curve(search, queries, exact, min_ef=0, values=None):
     """recall and p50 per ef (an HNSW search must keep at least k × refine candidates: smaller
-    ef values are skipped). Each ef runs ROUNDS passes over the queries and keeps the lowest
+    ef values are skipped), or per value of `values` (another knob, e.g. nprobes). Each ef runs ROUNDS passes over the queries and keeps the lowest
     p50: this 2-core VM's neighbours shift single passes by up to 2× (LanceDB measured 3.2 and
     5.6 ms in two runs of the same code), the same rule for every engine."""
     points = []
-    for ef in [e for e in EFS if e >= min_ef]:
+    for ef in [e for e in (values or EFS) if e >= min_ef]:
         search(queries[0], ef)
         p50s = []
         for _ in range(ROUNDS):
@@ -187,11 +187,11 @@ def at_ef(search, queries, exact, ef=AFTER_DELETE_EF):
         EFS[:] = saved
 
 
-def in_process_curve(data_dir, ticket, queries, exact, min_ef, warm):
+def in_process_curve(data_dir, ticket, queries, exact, min_ef, warm, values=None):
     """The curve of `curve`, run by hyprstream-search-bench: the server's DoGet work in one
     process over the server's data directory, queries in a loop as hnswlib and LanceDB run
     them (no gRPC, IPC or network). `ticket(q, ef)` is the search's ticket; `warm` runs first."""
-    efs = [e for e in EFS if e >= min_ef]
+    efs = [e for e in (values or EFS) if e >= min_ef]
     tickets = "\n\n".join("\n".join(json.dumps(ticket(q, ef)) for q in queries) for ef in efs)
     out = subprocess.run([os.path.join(BIN, "hyprstream-search-bench"), data_dir, str(ROUNDS), json.dumps(warm)], input=tickets,
                          capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)})
