@@ -28,7 +28,7 @@ from bench import REPO, THREADS, b64, machine, put_table, start_server  # noqa: 
 
 NPROBES = [1, 2, 4, 8, 16, 32, 64, 128]
 REFINE = 10
-# Sub-vector width in dimensions, as the server picks by default: 384 → 24 sub-vectors
+# Sub-vector width in dimensions, as the server picks by default: 384 → 24 sub-vectors,
 # 50 → 25 (LanceDB gets the same count).
 SUB_WIDTHS = (16, 8, 4, 2, 1)
 OURS, OURS_LOCAL, LANCEDB = "hyprstream IVF_PQ via Flight", "hyprstream IVF_PQ in-process", "LanceDB IVF_PQ"
