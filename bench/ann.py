@@ -85,8 +85,8 @@ def recall(found, exact):
 
 def curve(search, queries, exact, min_ef=0, values=None):
     """recall and p50 per ef (an HNSW search must keep at least k × refine candidates: smaller
-    ef values are skipped), or per value of `values` (another knob, e.g. nprobes). Each ef runs ROUNDS passes over the queries and keeps the lowest
-    p50: this 2-core VM's neighbours shift single passes by up to 2× (LanceDB measured 3.2 and
+    ef values are skipped), or per value of `values` (another knob, e.g. nprobes). Each value
+    runs ROUNDS passes over the queries and keeps the lowest p50: this 2-core VM's neighbours shift single passes by up to 2× (LanceDB measured 3.2 and
     5.6 ms in two runs of the same code), the same rule for every engine."""
     points = []
     for ef in [e for e in (values or EFS) if e >= min_ef]:
@@ -265,11 +265,53 @@ def at_recall(points, target=0.95):
     return min(ok, key=lambda p: p["p50_ms"]) if ok else None
 
 
+def data_sets():
+    """(name, data, queries) of each data set, both ANN benchmarks alike."""
+    return [("low-rank synthetic", *low_rank(SYN_ROWS)), ("GloVe 6B 50d", *glove())]
+
+
+def conditions(swept):
+    """The first line of an ANN section: machine and how it was measured."""
+    return (f"Machine: {machine()}. recall@{K} vs exact cosine top-{K}; single-query p50 latency (the lowest of {ROUNDS} passes); "
+            f"{N_QUERIES} queries; index builds use {THREADS} threads. {swept}")
+
+
+def write_section(name, title, table, after=None):
+    """Replaces the docs/benchmarks.md section between `<!-- bench:NAME -->` markers; a new one
+    goes after the section `after` and its reading notes (else at the end)."""
+    out = os.path.join(REPO, "docs", "benchmarks.md")
+    text = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    section = f"{start}\n## {title}\n\n{table}\n{end}"
+    if start in text:
+        text = text.split(start)[0] + section + text.split(end, 1)[1]
+    elif after and f"<!-- /bench:{after} -->" in text:
+        head, tail = text.split(f"<!-- /bench:{after} -->", 1)
+        notes, *rest = tail.split("\n## ", 1)
+        text = head + f"<!-- /bench:{after} -->" + notes.rstrip() + "\n\n" + section + "\n" + "".join("\n## " + r for r in rest)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    open(out, "w").write(text)
+    print(f"wrote {out}")
+
+
+def curve_table(heading, results, knob, values):
+    """A data set's table: one row per engine ({engine: (build s, points)}), one column per
+    swept `values` of `knob` (points carry it as "ef"). Also printed as it comes."""
+    for engine, (build, points) in results.items():
+        print(heading, engine, f"build {build:.1f}s", [(p["ef"], round(p["recall"], 3), round(p["p50_ms"], 2)) for p in points], flush=True)
+    lines = ["", f"### {heading}", "", "| engine | build s | " + " | ".join(f"{knob}={v} recall / p50 ms" for v in values) + " |",
+             "|---|---|" + "---|" * len(values)]
+    for engine, (build, points) in results.items():
+        by_value = {p["ef"]: p for p in points}
+        lines.append(f"| {engine} | {build:.1f} | "
+                     + " | ".join(f"{by_value[v]['recall']:.3f} / {by_value[v]['p50_ms']:.2f}" if v in by_value else "—" for v in values) + " |")
+    return lines
+
+
 def main():
-    sets = [("low-rank synthetic", *low_rank(SYN_ROWS)), ("GloVe 6B 50d", *glove())]
-    lines = [f"Machine: {machine()}. recall@{K} vs exact cosine top-{K}; single-query p50 latency (the lowest of {ROUNDS} passes); {N_QUERIES} queries; "
-             f"index builds use {THREADS} threads. ef swept over {EFS}."]
-    for name, data, queries in sets:
+    lines = [conditions(f"ef swept over {EFS}.")]
+    for name, data, queries in data_sets():
         exact = truth(data, queries)
         with tempfile.TemporaryDirectory() as tmp:
             results, in_process = {}, {}
@@ -283,15 +325,7 @@ def main():
             results.update(in_process)
             build, points, after["LanceDB IVF_HNSW_SQ"], filtered["LanceDB IVF_HNSW_SQ"] = bench_lancedb(data, queries, exact, tmp)
             results["LanceDB IVF_HNSW_SQ"] = (build, points)
-            for engine, (build, points) in results.items():
-                print(name, engine, f"build {build:.1f}s", [(p["ef"], round(p["recall"], 3), round(p["p50_ms"], 2)) for p in points], flush=True)
-        lines += ["", f"### {name}: {len(data)} × {data.shape[1]}", "",
-                  "| engine | build s | " + " | ".join(f"ef={e} recall / p50 ms" for e in EFS) + " |",
-                  "|---|---|" + "---|" * len(EFS)]
-        for engine, (build, points) in results.items():
-            by_ef = {p["ef"]: p for p in points}
-            lines.append(f"| {engine} | {build:.1f} | "
-                         + " | ".join(f"{by_ef[e]['recall']:.3f} / {by_ef[e]['p50_ms']:.2f}" if e in by_ef else "—" for e in EFS) + " |")
+        lines += curve_table(f"{name}: {len(data)} × {data.shape[1]}", results, "ef", EFS)
         hnsw = at_recall(results["hnswlib HNSW"][1])
         lance = at_recall(results["LanceDB IVF_HNSW_SQ"][1])
         lines += ["", f"Flight round trip from pyarrow (an empty `list_actions`, same server, same run): p50 {floors['ivf_hnsw_sq']:.2f} ms. "
@@ -322,13 +356,7 @@ def main():
             lines.append(f"| {engine} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
-    out = os.path.join(REPO, "docs", "benchmarks.md")
-    text = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
-    start, end = "<!-- bench:ann -->", "<!-- /bench:ann -->"
-    section = f"{start}\n## ANN search (`make bench-ann`)\n\n{table}\n{end}"
-    text = text.split(start)[0] + section + text.split(end, 1)[1] if start in text else text.rstrip() + "\n\n" + section + "\n"
-    open(out, "w").write(text)
-    print(f"wrote {out}")
+    write_section("ann", "ANN search (`make bench-ann`)", table)
 
 
 if __name__ == "__main__":

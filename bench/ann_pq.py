@@ -22,9 +22,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ann import (K, ROUNDS, N_QUERIES, SYN_ROWS, at_recall, curve, glove, in_process_curve,  # noqa: E402
-                 low_rank, truth)
-from bench import REPO, THREADS, b64, machine, put_table, start_server  # noqa: E402
+from ann import K, at_recall, conditions, curve, curve_table, data_sets, in_process_curve, truth, write_section  # noqa: E402
+from bench import b64, put_table, start_server  # noqa: E402
 
 NPROBES = [1, 2, 4, 8, 16, 32, 64, 128]
 REFINE = 10
@@ -88,22 +87,14 @@ def bench_lancedb(data, queries, exact, tmp):
 
 
 def main():
-    sets = [("low-rank synthetic", *low_rank(SYN_ROWS)), ("GloVe 6B 50d", *glove())]
-    lines = [f"Machine: {machine()}. recall@{K} vs exact cosine top-{K}; single-query p50 latency (the lowest of {ROUNDS} passes); {N_QUERIES} queries; "
-             f"index builds use {THREADS} threads. √n partitions, refine {REFINE} (× k candidates re-ranked with full vectors); nprobes swept over {NPROBES}."]
-    for name, data, queries in sets:
+    lines = [conditions(f"√n partitions, refine {REFINE} (× k candidates re-ranked with full vectors); nprobes swept over {NPROBES}.")]
+    for name, data, queries in data_sets():
         exact = truth(data, queries)
         with tempfile.TemporaryDirectory() as tmp:
             build, flight_points, local = bench_ours(data, queries, exact, tmp)
             results = {OURS: (build, flight_points), OURS_LOCAL: (build, local), LANCEDB: bench_lancedb(data, queries, exact, tmp)}
-        for engine, (b, points) in results.items():
-            print(name, engine, f"build {b:.1f}s", [(p["ef"], round(p["recall"], 3), round(p["p50_ms"], 2)) for p in points], flush=True)
-        lines += ["", f"### {name}: {len(data)} × {data.shape[1]}, {partitions(len(data))} partitions, {sub_vectors(data.shape[1])} sub-vectors", "",
-                  "| engine | build s | " + " | ".join(f"nprobes={n} recall / p50 ms" for n in NPROBES) + " |",
-                  "|---|---|" + "---|" * len(NPROBES)]
-        for engine, (b, points) in results.items():
-            by_n = {p["ef"]: p for p in points}
-            lines.append(f"| {engine} | {b:.1f} | " + " | ".join(f"{by_n[n]['recall']:.3f} / {by_n[n]['p50_ms']:.2f}" if n in by_n else "—" for n in NPROBES) + " |")
+        heading = f"{name}: {len(data)} × {data.shape[1]}, {partitions(len(data))} partitions, {sub_vectors(data.shape[1])} sub-vectors"
+        lines += curve_table(heading, results, "nprobes", NPROBES)
         lance = at_recall(results[LANCEDB][1])
         lines.append("")
         for engine in (OURS, OURS_LOCAL):
@@ -119,19 +110,7 @@ def main():
                              f"recall {o['recall']:.3f} in {o['p50_ms']:.2f} ms, {l['p50_ms'] / o['p50_ms']:.2f}× faster than LanceDB (recall {l['recall']:.3f} in {l['p50_ms']:.2f} ms).  ")
     table = "\n".join(lines)
     print(table)
-    out = os.path.join(REPO, "docs", "benchmarks.md")
-    text = open(out).read()
-    start, end = "<!-- bench:ann-pq -->", "<!-- /bench:ann-pq -->"
-    section = f"{start}\n## ANN search, IVF_PQ (`make bench-ann`)\n\n{table}\n{end}"
-    if start in text:
-        text = text.split(start)[0] + section + text.split(end, 1)[1]
-    else:
-        # After the HNSW section (and its reading notes), before the next top-level section.
-        head, tail = text.split("<!-- /bench:ann -->", 1)
-        rest = tail.split("\n## ", 1)
-        text = head + "<!-- /bench:ann -->" + rest[0].rstrip() + "\n\n" + section + "\n" + ("\n## " + rest[1] if len(rest) > 1 else "")
-    open(out, "w").write(text)
-    print(f"wrote {out}")
+    write_section("ann-pq", "ANN search, IVF_PQ (`make bench-ann`)", table, after="ann")
 
 
 if __name__ == "__main__":
